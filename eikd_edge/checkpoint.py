@@ -1,0 +1,85 @@
+"""The self-describing student checkpoint (student.pt) and the resumable training state.
+
+student.pt loads with `torch.load(weights_only=True)`: plain dicts, lists, numbers, strings and tensors only.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eikd_edge import __version__
+from eikd_edge.atomic import write_atomic
+from eikd_edge.errors import EikdError
+from eikd_edge.models.spec import InputSpec
+from eikd_edge.models.zoo import build_model
+
+CHECKPOINT_FORMAT = "eikd-edge/student"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StudentCheckpoint:
+    model: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any]
+    spec: InputSpec
+    path: Path
+    extra: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+
+def save_torch_atomic(path: Path, obj: Any) -> Path:
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_student(
+    path: Path,
+    model: nn.Module,
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    spec: InputSpec,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write student.pt atomically; `extra` carries the recipe, teacher identity and headline metrics."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "state_dict": state,
+        "spec": spec.to_dict(),
+        "classes": list(spec.classes),
+        "eikd_edge_version": __version__,
+        **(extra or {}),
+    }
+    return save_torch_atomic(path, payload)
+
+
+def load_student(path: Path) -> StudentCheckpoint:
+    """Rebuild the student from student.pt in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise EikdError(f"student checkpoint not found: {path} (run `eikd-edge distill` first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise EikdError(f"cannot read student checkpoint {path}: {type(exc).__name__}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise EikdError(f"{path} is not an eikd-edge student checkpoint")
+    spec = InputSpec.from_dict(payload["spec"], source=str(path))
+    model = build_model(payload["arch"], len(spec.classes), **payload.get("arch_kwargs", {}))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    known = {"format", "format_version", "arch", "arch_kwargs", "state_dict", "spec", "classes"}
+    extra = {k: v for k, v in payload.items() if k not in known}
+    return StudentCheckpoint(model, payload["arch"], dict(payload.get("arch_kwargs", {})), spec, path, extra)

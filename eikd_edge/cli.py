@@ -1,0 +1,65 @@
+"""The `eikd-edge` command: thin Typer commands; EikdError becomes one line and an exit code here only."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import typer
+from typer.core import TyperGroup
+
+from eikd_edge import __version__
+from eikd_edge.commands import register_all
+from eikd_edge.console import console, err_console
+from eikd_edge.errors import EXIT_INTERRUPTED, EikdError
+
+
+class _ErrorsToExitCodes(TyperGroup):
+    """Every user error ends as one red line and its exit code; `--debug` shows the traceback instead."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except EikdError as exc:
+            if os.environ.get("EIKD_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+app = typer.Typer(
+    name="eikd-edge",
+    cls=_ErrorsToExitCodes,
+    help="Distil a compact edge student from a teacher and unlabeled field images, export it, prove it behaves.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"eikd-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+) -> None:
+    if debug:
+        os.environ["EIKD_DEBUG"] = "1"
+
+
+register_all(app)
+
+
+def main() -> None:
+    """Entry for `python -m eikd_edge` and `torchrun -m eikd_edge`."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    app()

@@ -1,0 +1,12 @@
+"""CLI commands, one module each; `register_all` adds them to the Typer app in a fixed order."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register_all(app: typer.Typer) -> None:
+    from eikd_edge.commands import inspect_cmd, models_cmd
+
+    for module in (models_cmd, inspect_cmd):
+        module.register(app)

@@ -1,0 +1,56 @@
+"""`eikd-edge inspect TEACHER`: what a teacher is, what it expects, and proof that it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from eikd_edge.commands.models_cmd import human
+from eikd_edge.commands.options import Classes, InputSize, Mean, Std, TeacherArch, TrustPickle, spec_overrides
+from eikd_edge.console import console
+from eikd_edge.models.teacher import load_teacher
+
+
+def inspect(
+    teacher: Annotated[Path, typer.Argument(help="Teacher file.")],
+    teacher_arch: TeacherArch = None,
+    trust_pickle: TrustPickle = False,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    classes: Classes = None,
+) -> None:
+    """Show a teacher's format, input spec, classes, size, embedding width and a forward check."""
+    model = load_teacher(teacher, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes))
+    spec = model.spec
+    params = model.num_parameters()
+    macs = model.macs()
+    table = Table(title=f"Teacher {teacher.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    names = ", ".join(spec.classes[:12]) + (" …" if len(spec.classes) > 12 else "")
+    rows = [
+        ("format", model.format + (" (deprecated by torch; .pt2 preferred)" if model.format == "torchscript" else "")),
+        ("input", f"3x{spec.input_size[0]}x{spec.input_size[1]} RGB"),
+        ("mean / std", f"{_triple(spec.mean)} / {_triple(spec.std)}"),
+        ("classes", f"{model.num_classes}: {names}"),
+        ("parameters", human(params)),
+        ("MACs (batch 1)", human(macs)),
+        ("embedding", f"{model.embedding_dim}-d (penultimate)" if model.embedding_dim else "none exposed: logits used"),
+        ("forward check", "ok (finite logits, one row per image)"),
+        ("sha256", model.sha256[:16]),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _triple(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:.3f}" for v in values)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)

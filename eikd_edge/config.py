@@ -1,0 +1,155 @@
+"""Recipes: every training setting, validated by pydantic (unknown keys rejected with the nearest valid name)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from eikd_edge.errors import EikdError
+
+Method = Literal["eikd", "kd", "random", "dfnd"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StudentConfig(_Strict):
+    arch: str = "cifar_resnet8"
+    width: float = Field(1.0, gt=0)
+
+
+class SelectionConfig(_Strict):
+    score: Literal["confidence", "entropy", "energy", "prototype"] = "confidence"
+    keep_fraction: float = Field(0.5, gt=0, le=1)
+    balance: bool = True
+    dedup_threshold: float | None = Field(None, gt=0, le=1, description="cosine above which near-duplicates go")
+    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="selected samples kept for label-free validation")
+    batch_size: int = Field(256, gt=0)
+
+
+class ClassDropConfig(_Strict):
+    enabled: bool = True
+    top_k: int | None = Field(None, gt=0, description="keep the k most probable classes (overrides mass)")
+    mass: float = Field(0.9, gt=0, le=1, description="keep the smallest class set reaching this teacher mass")
+
+
+class WeightedTerm(_Strict):
+    enabled: bool = True
+    weight: float = Field(1.0, ge=0)
+
+
+class RelationConfig(WeightedTerm):
+    temperature: float = Field(0.1, gt=0)
+
+
+class LossConfig(_Strict):
+    temperature: float = Field(4.0, gt=0)
+    class_drop: ClassDropConfig = ClassDropConfig()
+    feature: WeightedTerm = WeightedTerm(weight=1.0)
+    relation: RelationConfig = RelationConfig()
+
+
+class AugmentConfig(_Strict):
+    crop_pad: int = Field(2, ge=0, description="pad-and-random-crop, in pixels at training resolution")
+    flip: bool = False
+    jitter: float = Field(0.1, ge=0, le=1, description="brightness/contrast jitter strength")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(12, gt=0)
+    steps: int | None = Field(None, gt=0, description="optimizer-step budget; overrides epochs when set")
+    batch_size: int = Field(128, gt=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    seed: int = 0
+    device: str = "auto"
+    augment: AugmentConfig = AugmentConfig()
+
+
+class Recipe(_Strict):
+    method: Method = "eikd"
+    student: StudentConfig = StudentConfig()
+    selection: SelectionConfig = SelectionConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_recipe(path: Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Recipe from YAML (or the defaults), with `a.b=c` overrides applied, validated once at the end."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+        if "inputs" in data and isinstance(data.get("recipe"), dict):  # a run's recipe.resolved.yaml
+            data = data["recipe"]
+    for item in overrides or []:
+        _apply_override(data, item)
+    return validate_recipe(data, str(path) if path else "recipe")
+
+
+def validate_recipe(data: dict[str, Any], source: str) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise EikdError(f"{source}: {_explain(exc)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise EikdError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise EikdError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise EikdError(f"recipe {path} must be a mapping")
+    return data
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    """`train.lr=0.1`: the value is parsed as a YAML scalar (never evaluated as code)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise EikdError(f"--set {item!r}: expected key=value, e.g. train.lr=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise EikdError(f"--set {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {location!r}{_suggest(error['loc'])}"
+    return f"{location}: {error['msg']}"
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return ""
+        model = field.annotation
+    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    prefix = ".".join(str(p) for p in loc[:-1])
+    return f"; did you mean {(prefix + '.' if prefix else '') + match[0]!r}?" if match else ""

@@ -1,0 +1,212 @@
+"""Image folders: scan, decode to fixed-size uint8 RGB, normalise on the device. Bad files are skipped, never fatal."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from eikd_edge.errors import EikdError
+from eikd_edge.models.spec import InputSpec
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+MAX_PIXELS = 64_000_000  # larger declared sizes are treated as decompression bombs
+
+
+class BadImage(Exception):
+    """A file in the pool that cannot be used; `reason` is short and goes into the reports."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class DecodeReport:
+    """Counts and a sample of the files that were skipped, for selection.json and the report."""
+
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def add(self, path: str, reason: str) -> None:
+        self.skipped.append(SkippedFile(path, reason))
+
+    def summary(self, sample: int = 20) -> dict[str, object]:
+        reasons: dict[str, int] = {}
+        for item in self.skipped:
+            reasons[item.reason] = reasons.get(item.reason, 0) + 1
+        return {
+            "count": len(self.skipped),
+            "by_reason": reasons,
+            "sample": [{"path": s.path, "reason": s.reason} for s in self.skipped[:sample]],
+        }
+
+
+def scan_images(root: Path) -> list[Path]:
+    """Every image file under `root` (recursive, suffix case-insensitive), in a deterministic order."""
+    root = Path(root)
+    if not root.exists():
+        raise EikdError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise EikdError(f"not a folder: {root}")
+    found: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda _err: None):
+        try:
+            stat = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen_dirs:  # a symlink loop or a second link to a folder already walked
+            dirnames[:] = []
+            continue
+        seen_dirs.add(key)
+        dirnames.sort()
+        for name in filenames:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
+    """Decode to an HxWx3 uint8 array: EXIF orientation applied, shorter side resized, centre-cropped."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise BadImage("too large (decompression bomb?)")
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                rgb = _to_rgb(image)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage("too large (decompression bomb?)") from None
+    except FileNotFoundError:
+        raise BadImage("vanished") from None
+    except PermissionError:
+        raise BadImage("unreadable (permission denied)") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"corrupt ({type(exc).__name__})") from None
+    return np.asarray(resize_center_crop(rgb, input_size), dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        image = Image.fromarray((array / peak * 255.0).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, input_size: tuple[int, int]) -> Image.Image:
+    target_h, target_w = input_size
+    scale = max(target_h / image.height, target_w / image.width)
+    new_w, new_h = max(target_w, round(image.width * scale)), max(target_h, round(image.height * scale))
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - target_w) // 2, (new_h - target_h) // 2
+    return image.crop((left, top, left + target_w, top + target_h))
+
+
+def _decode_or_reason(path: Path, input_size: tuple[int, int]) -> np.ndarray | str:
+    try:
+        return decode_image(path, input_size)
+    except BadImage as bad:
+        return bad.reason
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    indices: list[int]  # positions in the path list of the images that decoded
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+
+
+def iter_decoded(
+    paths: Sequence[Path],
+    input_size: tuple[int, int],
+    batch_size: int,
+    report: DecodeReport,
+    root: Path | None = None,
+    workers: int | None = None,
+) -> Iterator[DecodedBatch]:
+    """Decode in parallel threads, in order, one bounded batch at a time (memory stays flat on huge pools)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            results = list(pool.map(lambda p: _decode_or_reason(p, input_size), chunk))
+            indices, arrays = [], []
+            for offset, (path, result) in enumerate(zip(chunk, results, strict=True)):
+                if isinstance(result, str):
+                    report.add(_display(path, root), result)
+                else:
+                    indices.append(start + offset)
+                    arrays.append(result)
+            if arrays:
+                stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+                yield DecodedBatch(indices, stacked)
+
+
+def _display(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8 NCHW on any device -> float NCHW normalised with the spec's mean/std."""
+    mean = torch.tensor(spec.mean, device=images.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(spec.std, device=images.device).view(1, 3, 1, 1) * 255.0
+    return (images.float() - mean) / std
+
+
+def load_labeled_folder(root: Path, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """An ImageFolder (one sub-folder per class) decoded to uint8 images and label indices in the spec's classes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EikdError(f"labeled folder not found: {root}")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    unknown = [d.name for d in class_dirs if d.name not in spec.classes]
+    if unknown:
+        raise EikdError(
+            f"{root}: sub-folder(s) {unknown[:5]} are not teacher classes {list(spec.classes)[:10]}; "
+            "name each sub-folder after a class"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for class_dir in class_dirs:
+        for path in scan_images(class_dir):
+            paths.append(path)
+            labels.append(spec.classes.index(class_dir.name))
+    report = DecodeReport()
+    images, kept = [], []
+    for batch in iter_decoded(paths, spec.input_size, 256, report, root):
+        images.append(batch.images)
+        kept.extend(batch.indices)
+    if not kept:
+        raise EikdError(f"{root}: no readable labeled images")
+    return torch.cat(images), torch.tensor([labels[i] for i in kept]), [paths[i].as_posix() for i in kept]

@@ -1,0 +1,208 @@
+"""Load a teacher from any of the formats found in the field, with its input spec, checked by a dry forward."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eikd_edge.errors import EikdError
+from eikd_edge.models.spec import InputSpec, read_sidecar, sidecar_path
+from eikd_edge.models.taps import widen_classifier
+from eikd_edge.models.zoo import build_model
+
+FORMATS = ("torchscript", "torch.export", "state_dict", "checkpoint", "pickle")
+
+
+@dataclass(frozen=True)
+class TeacherModel:
+    """A teacher ready for inference. `module` returns [logits | embedding] when `embedding_dim` is set."""
+
+    module: nn.Module
+    spec: InputSpec
+    format: str
+    path: Path
+    num_classes: int
+    embedding_dim: int | None
+    sha256: str
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and embeddings of normalised images; logits stand in where no embedding is exposed."""
+        out = self.module(images).float()
+        logits = out[:, : self.num_classes]
+        embedding = out[:, self.num_classes :] if self.embedding_dim else logits
+        return logits, embedding
+
+    def num_parameters(self) -> int:
+        """Parameters of the teacher as shipped (the identity rows of the embedding tap excluded)."""
+        tap = (self.embedding_dim or 0) * ((self.embedding_dim or 0) + 1)
+        return sum(p.numel() for p in self.module.parameters()) - tap
+
+    def macs(self) -> int:
+        from eikd_edge.models.zoo import count_macs
+
+        return count_macs(self.module, self.spec.input_size) - (self.embedding_dim or 0) ** 2
+
+    def to(self, device: torch.device) -> TeacherModel:
+        return replace(self, module=self.module.to(device))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detect_format(path: Path) -> str:
+    """Tell the teacher format from the archive's contents, not from its extension."""
+    if not zipfile.is_zipfile(path):
+        return "legacy"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(n.endswith("/archive_format") for n in names):
+        return "torch.export"
+    if any("/code/" in n for n in names):
+        return "torchscript"
+    return "torch.save"
+
+
+def load_teacher(
+    path: Path,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    spec_overrides: dict[str, Any] | None = None,
+) -> TeacherModel:
+    """Load, describe and dry-run a teacher; every problem ends in an EikdError that names the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise EikdError(f"teacher file not found: {path}")
+    spec = _resolve_spec(path, spec_overrides or {})
+    module, fmt = _load_module(path, arch, trust_pickle, len(spec.classes) or None)
+    num_classes = _dry_forward(module, spec, path)
+    if spec.classes and len(spec.classes) != num_classes:
+        raise EikdError(
+            f"teacher {path.name} outputs {num_classes} classes but its spec names {len(spec.classes)}; "
+            "fix the class list in the sidecar (or --classes)"
+        )
+    if not spec.classes:
+        spec = spec.with_classes([str(i) for i in range(num_classes)])
+    probe = torch.randn(2, 3, *spec.input_size, generator=torch.Generator().manual_seed(0))
+    embedding_dim = widen_classifier(module, num_classes, probe)
+    return TeacherModel(module, spec, fmt, path, num_classes, embedding_dim, file_sha256(path))
+
+
+def _resolve_spec(path: Path, overrides: dict[str, Any]) -> InputSpec:
+    data: dict[str, Any] = {}
+    sidecar = sidecar_path(path)
+    if sidecar is not None:
+        data.update(read_sidecar(sidecar))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return InputSpec.from_dict(data, source=str(sidecar or "teacher spec"))
+
+
+def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: int | None) -> tuple[nn.Module, str]:
+    kind = detect_format(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load: TorchScript is deprecated, still read
+        if kind == "torchscript":
+            return _guard(lambda: torch.jit.load(str(path), map_location="cpu"), path, "TorchScript").eval(), "torchscript"
+        if kind == "torch.export":
+            program = _guard(lambda: torch.export.load(str(path)), path, "torch.export")
+            return program.module(), "torch.export"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise EikdError(
+                f"{path.name} is a pickled Python object, and unpickling runs code from the file; "
+                "re-run with --trust-pickle only if you trust its author, or export it with torch.export"
+            ) from None
+        obj = _load_trusted_pickle(path, exc)
+    except Exception as exc:
+        raise EikdError(
+            f"{path.name} is not a model eikd-edge can read ({type(exc).__name__}); expected TorchScript, "
+            "a torch.export .pt2, a state_dict with --teacher-arch, or a pickled nn.Module with --trust-pickle"
+        ) from None
+    if isinstance(obj, nn.Module):
+        return obj.eval(), "pickle"
+    return _module_from_state(obj, path, arch, num_classes)
+
+
+def _load_trusted_pickle(path: Path, _original: Exception) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise EikdError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from None
+
+
+def _module_from_state(obj: Any, path: Path, arch: str | None, num_classes: int | None) -> tuple[nn.Module, str]:
+    if not isinstance(obj, dict):
+        raise EikdError(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
+    fmt = "state_dict"
+    state = obj
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        fmt, state = "checkpoint", obj["state_dict"]
+        arch = arch or obj.get("arch")
+    elif "model" in obj and isinstance(obj["model"], dict):
+        fmt, state = "checkpoint", obj["model"]
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EikdError(f"{path.name} is a dict but not a state_dict of tensors")
+    if arch is None:
+        raise EikdError(f"{path.name} is a state_dict; name its architecture with --teacher-arch (see `eikd-edge models`)")
+    classes = num_classes or _infer_num_classes(state)
+    kwargs = obj.get("arch_kwargs", {}) if fmt == "checkpoint" else {}
+    module = build_model(arch, classes, **kwargs)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise EikdError(
+            f"{path.name} does not fit --teacher-arch {arch}: {len(missing)} missing and {len(unexpected)} "
+            f"unexpected keys (e.g. {(missing or unexpected)[0]}); check the architecture name and class count"
+        )
+    return module.eval(), fmt
+
+
+def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
+    matrices = [t for k, t in state.items() if k.endswith("weight") and t.dim() == 2]
+    if not matrices:
+        raise EikdError("cannot tell the number of classes from the state_dict; give the classes in a sidecar")
+    return int(matrices[-1].shape[0])
+
+
+def _guard(load: Any, path: Path, what: str) -> Any:
+    try:
+        return load()
+    except Exception as exc:
+        raise EikdError(f"{path.name} looks like {what} but failed to load: {type(exc).__name__}: {exc}") from None
+
+
+@torch.inference_mode()
+def _dry_forward(module: nn.Module, spec: InputSpec, path: Path) -> int:
+    h, w = spec.input_size
+    try:
+        out = module(torch.zeros(2, 3, h, w))
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EikdError(
+            f"teacher {path.name} failed a dry forward on 3x{h}x{w} inputs ({first_line[:160]}); "
+            "set the right input size in the sidecar or with --input-size"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        raise EikdError(f"teacher {path.name} must return logits of shape [batch, classes]; got {_describe(out)}")
+    if not torch.isfinite(out).all():
+        raise EikdError(f"teacher {path.name} returns NaN or Inf on a blank image; check its weights")
+    return int(out.shape[1])
+
+
+def _describe(out: Any) -> str:
+    return str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__

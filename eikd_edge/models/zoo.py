@@ -1,0 +1,88 @@
+"""Student zoo: torchvision classifiers and small CIFAR-style ResNets, built by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from eikd_edge.errors import EikdError
+from eikd_edge.models.cifar import cifar_imagenet_resnet, cifar_resnet
+
+RECOMMENDED_STUDENTS = (
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "efficientnet_b0",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+)
+
+_CIFAR_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    **{f"cifar_resnet{d}": partial(cifar_resnet, d) for d in (8, 14, 20, 32, 44, 56)},
+    "cifar_resnet18": partial(cifar_imagenet_resnet, [2, 2, 2, 2]),
+    "cifar_resnet34": partial(cifar_imagenet_resnet, [3, 4, 6, 3]),
+}
+_WIDTH_KWARG = {"mobilenet_v3_small": "width_mult", "mobilenet_v3_large": "width_mult"}
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    name: str
+    family: str  # "cifar" (low resolution) or "torchvision"
+
+
+def torchvision_classifiers() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def list_architectures(all_torchvision: bool = False) -> list[ArchInfo]:
+    names = torchvision_classifiers() if all_torchvision else list(RECOMMENDED_STUDENTS)
+    return [ArchInfo(n, "cifar") for n in _CIFAR_BUILDERS] + [ArchInfo(n, "torchvision") for n in names]
+
+
+def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
+    """A freshly initialised classifier (no downloaded weights: nothing is fetched at run time)."""
+    if arch in _CIFAR_BUILDERS:
+        try:
+            return _CIFAR_BUILDERS[arch](num_classes=num_classes, width=width)
+        except ValueError as exc:
+            raise EikdError(f"{arch}: {exc}") from None
+    if arch not in torchvision_classifiers():
+        raise EikdError(f"unknown architecture {arch!r}; `eikd-edge models --all` lists them")
+    kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
+    if width != 1.0:
+        if arch not in _WIDTH_KWARG:
+            raise EikdError(f"{arch} has no width option; width works for {sorted(_WIDTH_KWARG)} and cifar_resnetN")
+        kwargs[_WIDTH_KWARG[arch]] = width
+    return torchvision.models.get_model(arch, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
+    """Multiply-accumulates of one forward at batch 1, from torch's own FLOP counter (FLOPs / 2)."""
+    was_training = model.training
+    _set_mode(model, False)
+    example = torch.zeros(1, 3, *input_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(example)
+    _set_mode(model, was_training)
+    return counter.get_total_flops() // 2
+
+
+def _set_mode(model: nn.Module, training: bool) -> None:
+    try:
+        model.train(training)
+    except NotImplementedError:  # torch.export modules have a fixed mode
+        pass
