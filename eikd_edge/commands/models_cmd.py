@@ -15,7 +15,9 @@ from eikd_edge.models.zoo import build_model, count_macs, count_parameters, list
 def models(
     input_size: Annotated[str, typer.Option("--input-size", help="H or HxW used for the MAC count.")] = "32",
     num_classes: Annotated[int, typer.Option("--classes", help="Number of output classes.")] = 10,
-    all_torchvision: Annotated[bool, typer.Option("--all", help="Every torchvision classifier, not only the recommended.")] = False,
+    all_torchvision: Annotated[
+        bool, typer.Option("--all", help="Every torchvision classifier, not only the recommended.")
+    ] = False,
 ) -> None:
     """List student architectures with parameters and MACs (torch's FLOP counter, batch 1)."""
     size = parse_input_size(input_size)

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-TeacherPath = Annotated[Path, typer.Option("--teacher", "-t", help="Teacher: TorchScript, .pt2, state_dict, or pickle.")]
+TeacherPath = Annotated[
+    Path, typer.Option("--teacher", "-t", help="Teacher: TorchScript, .pt2, state_dict, or pickle.")
+]
 TeacherArch = Annotated[
     str | None,
     typer.Option("--teacher-arch", help="Architecture for a state_dict teacher (see `eikd-edge models --all`)."),

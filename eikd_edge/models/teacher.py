@@ -116,7 +116,9 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load: TorchScript is deprecated, still read
         if kind == "torchscript":
-            return _guard(lambda: torch.jit.load(str(path), map_location="cpu"), path, "TorchScript").eval(), "torchscript"
+            return _guard(
+                lambda: torch.jit.load(str(path), map_location="cpu"), path, "TorchScript"
+            ).eval(), "torchscript"
         if kind == "torch.export":
             program = _guard(lambda: torch.export.load(str(path)), path, "torch.export")
             return program.module(), "torch.export"
@@ -159,7 +161,9 @@ def _module_from_state(obj: Any, path: Path, arch: str | None, num_classes: int 
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EikdError(f"{path.name} is a dict but not a state_dict of tensors")
     if arch is None:
-        raise EikdError(f"{path.name} is a state_dict; name its architecture with --teacher-arch (see `eikd-edge models`)")
+        raise EikdError(
+            f"{path.name} is a state_dict; name its architecture with --teacher-arch (see `eikd-edge models`)"
+        )
     classes = num_classes or _infer_num_classes(state)
     kwargs = obj.get("arch_kwargs", {}) if fmt == "checkpoint" else {}
     module = build_model(arch, classes, **kwargs)
