@@ -71,6 +71,9 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(1.0, ge=0)
     seed: int = 0
     device: str = "auto"
+    teacher_targets: Literal["cached", "online"] = Field(
+        "cached", description="cached: the selection pass's outputs; online: teacher re-run on each augmented batch"
+    )
     augment: AugmentConfig = AugmentConfig()
 
 

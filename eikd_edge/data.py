@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -84,17 +83,15 @@ def scan_images(root: Path) -> list[Path]:
 def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
     """Decode to an HxWx3 uint8 array: EXIF orientation applied, shorter side resized, centre-cropped."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise BadImage("too large (decompression bomb?)")
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                rgb = _to_rgb(image)
+        with Image.open(path) as image:  # opening reads only the header: the size check comes before decoding
+            if image.width * image.height > MAX_PIXELS:
+                raise BadImage("too large (decompression bomb?)")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(image)
     except BadImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise BadImage("too large (decompression bomb?)") from None
     except FileNotFoundError:
         raise BadImage("vanished") from None

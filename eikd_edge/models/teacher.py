@@ -125,6 +125,8 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # the weights-only unpickler met bytes, not a forbidden class
+            raise EikdError(f"{path.name} is not a model eikd-edge can read (damaged or not a PyTorch file)") from None
         if not trust_pickle:
             raise EikdError(
                 f"{path.name} is a pickled Python object, and unpickling runs code from the file; "
@@ -167,7 +169,11 @@ def _module_from_state(obj: Any, path: Path, arch: str | None, num_classes: int 
     classes = num_classes or _infer_num_classes(state)
     kwargs = obj.get("arch_kwargs", {}) if fmt == "checkpoint" else {}
     module = build_model(arch, classes, **kwargs)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when not strict
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), "shape mismatch")
+        raise EikdError(f"{path.name} does not fit --teacher-arch {arch}: {detail[:160]}") from None
     if missing or unexpected:
         raise EikdError(
             f"{path.name} does not fit --teacher-arch {arch}: {len(missing)} missing and {len(unexpected)} "

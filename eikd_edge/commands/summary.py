@@ -1,0 +1,63 @@
+"""One-screen Rich summaries of a selection and of a distillation run."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from eikd_edge.commands.models_cmd import human
+from eikd_edge.console import console
+from eikd_edge.distill import DistillResult
+from eikd_edge.run import RunPaths
+from eikd_edge.selection import Selection
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def print_selection_summary(selection: Selection, run: RunPaths) -> None:
+    data = selection.to_json()
+    pool = data["pool"]
+    table = Table(title=f"Selection ({selection.method}, score: {selection.config.score})")
+    for column in ("class", "candidates", "quota", "selected", "deficit"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in selection.per_class:
+        deficit = f"[yellow]{row['deficit']}[/]" if row["deficit"] else "0"
+        table.add_row(row["name"], str(row["candidates"]), str(row["quota"] or "-"), str(row["selected"]), deficit)
+    console.print(table)
+    skipped = pool["skipped"]["count"]
+    console.print(
+        f"pool: {pool['files']} files, {pool['decoded']} decoded, {skipped} skipped"
+        f"{' (' + ', '.join(f'{k}: {v}' for k, v in pool['skipped']['by_reason'].items()) + ')' if skipped else ''}; "
+        f"selected {data['selected_count']} ({data['train_count']} train, {data['holdout_count']} held out "
+        f"for label-free validation)"
+    )
+    if data["classes_below_quota"]:
+        console.print(
+            f"[yellow]classes below quota:[/] {', '.join(data['classes_below_quota'])} — the field data barely "
+            "covers them; the student will be weakest there"
+        )
+    console.print(f"wrote {run.selection}")
+
+
+def print_distill_summary(result: DistillResult) -> None:
+    m = result.metrics
+    teacher, student, train = m["teacher"], m["student"], m["train"]
+    table = Table(title=f"eikd-edge distill ({m['method']}) → {result.run.root}")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    table.add_row("architecture", teacher["format"], student["arch"])
+    table.add_row("params", human(teacher["params"]), human(student["params"]))
+    table.add_row("MACs", human(teacher["macs"]), human(student["macs"]))
+    table.add_row("top-1 on --val", _pct(teacher["top1"]), _pct(student["top1"]))
+    table.add_row("agreement with teacher (held-out field)", "", _pct(m["agreement"]["top1"]))
+    console.print(table)
+    sel = m["selection"]
+    console.print(
+        f"selected {sel['selected']} of {sel['decoded']} field images; best epoch {student['best_epoch']} of "
+        f"{train['epochs']}; {train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
+    )
+    if sel["classes_below_quota"]:
+        console.print(f"[yellow]classes below quota:[/] {', '.join(sel['classes_below_quota'])}")
+    console.print(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}")

@@ -1,0 +1,90 @@
+"""The distillation losses of EIKD (class-dropping KD, explicit features, implicit relations) and DFND's.
+
+Each function is pure (tensors in, scalar out) so the mathematics can be tested on hand-computed values.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kept_class_mask(teacher_logits: torch.Tensor, top_k: int | None = None, mass: float = 1.0) -> torch.Tensor:
+    """Per sample, the classes carrying the teacher's top probability: top-k, or the smallest set reaching `mass`."""
+    probs = teacher_logits.float().softmax(dim=1)
+    if top_k is not None:
+        k = min(top_k, probs.shape[1])
+        mask = torch.zeros_like(probs, dtype=torch.bool)
+        return mask.scatter_(1, probs.topk(k, dim=1).indices, True)
+    if mass >= 1.0:
+        return torch.ones_like(probs, dtype=torch.bool)
+    sorted_probs, order = probs.sort(dim=1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=1) - sorted_probs
+    keep_sorted = mass_before < mass  # keep until the running mass reaches the target (the crossing class too)
+    return torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+
+
+def class_drop_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """τ² · KL(p̃_T ‖ p̃_S) over the kept classes; dropped classes are masked out of both softmaxes.
+
+    With no mask this is Hinton et al.'s KD loss.
+    """
+    t = temperature
+    s = student_logits.float() / t
+    z = teacher_logits.float() / t
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+        z = z.masked_fill(~mask, float("-inf"))
+    log_p_s = F.log_softmax(s, dim=1)
+    log_p_t = F.log_softmax(z, dim=1)
+    p_t = log_p_t.exp()
+    terms = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t))
+    return (t * t) * terms.sum(dim=1).mean()
+
+
+def feature_loss(projected_student: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
+    """‖norm(g(f_S)) − norm(f_T)‖², averaged over the batch (0 for aligned, 4 for opposite directions)."""
+    diff = F.normalize(projected_student.float(), dim=1) - F.normalize(teacher_embedding.float(), dim=1)
+    return diff.pow(2).sum(dim=1).mean()
+
+
+def relation_matrix_log(embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-wise log-softmax of pairwise cosine similarities / τ_r with the diagonal masked out."""
+    normed = F.normalize(embeddings.float(), dim=1)
+    similarity = normed @ normed.T / temperature
+    eye = torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device)
+    return F.log_softmax(similarity.masked_fill(eye, float("-inf")), dim=1)
+
+
+def relation_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(A_T ‖ A_S) averaged over rows: the student keeps the teacher's similarity structure within a batch."""
+    if student_embedding.shape[0] < 3:
+        return student_embedding.sum() * 0.0
+    log_a_s = relation_matrix_log(student_embedding, temperature)
+    log_a_t = relation_matrix_log(teacher_embedding, temperature)
+    a_t = log_a_t.exp()
+    off_diagonal = ~torch.eye(a_t.shape[0], dtype=torch.bool, device=a_t.device)
+    terms = torch.where(off_diagonal, a_t * (log_a_t - log_a_s), torch.zeros_like(a_t))
+    return terms.sum(dim=1).mean()
+
+
+class NoiseAdaptation(nn.Module):
+    """DFND's learned label-noise transition Q (rows softmax-normalised, initialised near the identity)."""
+
+    def __init__(self, num_classes: int, init_diagonal: float = 0.9) -> None:
+        super().__init__()
+        off = (1.0 - init_diagonal) / max(num_classes - 1, 1)
+        init = torch.full((num_classes, num_classes), off).fill_diagonal_(init_diagonal)
+        self.logits = nn.Parameter(init.log())
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """NLL of the teacher's hard label under the student's prediction passed through Q."""
+        transition = self.logits.softmax(dim=1)
+        adapted = student_logits.float().softmax(dim=1) @ transition
+        return F.nll_loss(adapted.clamp_min(1e-8).log(), teacher_logits.argmax(dim=1))

@@ -1,0 +1,194 @@
+"""The teacher's one pass over the unlabeled pool: logits and embeddings, streamed, sharded, cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from eikd_edge.checkpoint import save_torch_atomic
+from eikd_edge.data import DecodeReport, iter_decoded, normalize, scan_images
+from eikd_edge.distributed import DistContext, gather_objects, shard_range
+from eikd_edge.errors import EikdError
+from eikd_edge.models.teacher import TeacherModel
+
+
+@dataclass(frozen=True)
+class PoolScores:
+    """Teacher outputs for every decodable pool image, in scan order."""
+
+    root: Path
+    paths: list[str]  # relative to root, only the images that decoded
+    logits: torch.Tensor  # float32 [N, C]
+    embeddings: torch.Tensor  # float32 [N, D]
+    files: int  # image files found, decodable or not
+    skipped: dict[str, object]
+    seconds: float
+    from_cache: bool
+
+
+def progress_bar(disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=disable,
+        transient=False,
+    )
+
+
+def pool_fingerprint(root: Path, paths: list[Path], teacher: TeacherModel) -> str:
+    """Changes when any file, the teacher or its input spec changes, so a stale cache is never reused."""
+    digest = hashlib.sha256()
+    digest.update(teacher.sha256.encode())
+    digest.update(json.dumps(teacher.spec.to_dict(), sort_keys=True).encode())
+    for path in paths:
+        try:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}|missing\n".encode())
+    return digest.hexdigest()
+
+
+def score_pool(
+    teacher: TeacherModel,
+    root: Path,
+    device: torch.device,
+    batch_size: int = 256,
+    cache: Path | None = None,
+    ctx: DistContext | None = None,
+) -> PoolScores:
+    """Run the teacher once over the pool (this rank's shard), reuse a matching cache, gather across ranks."""
+    import time
+
+    ctx = ctx or DistContext()
+    root = Path(root)
+    paths = scan_images(root)
+    if not paths:
+        raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
+    fingerprint = pool_fingerprint(root, paths, teacher)
+    cached = _read_cache(cache, fingerprint)
+    if cached is not None:
+        return cached
+    started = time.perf_counter()
+    start, end = shard_range(len(paths), ctx)
+    shard = _score_shard(teacher, paths[start:end], root, device, batch_size, ctx, offset=start, total=len(paths))
+    parts = gather_objects(shard, ctx)
+    indices = [i for part in parts for i in part[0]]
+    logits = torch.cat([part[1] for part in parts])
+    embeddings = torch.cat([part[2] for part in parts])
+    report = DecodeReport()
+    for part in parts:
+        report.skipped.extend(part[3].skipped)
+    if not indices:
+        raise EikdError(f"none of the {len(paths)} image files in {root} could be read ({_top_reason(report)})")
+    scores = PoolScores(
+        root=root,
+        paths=[paths[i].relative_to(root).as_posix() for i in indices],
+        logits=logits,
+        embeddings=embeddings,
+        files=len(paths),
+        skipped=report.summary(),
+        seconds=time.perf_counter() - started,
+        from_cache=False,
+    )
+    if cache is not None and ctx.is_main:
+        _write_cache(cache, fingerprint, scores)
+    return scores
+
+
+def _score_shard(
+    teacher: TeacherModel,
+    paths: list[Path],
+    root: Path,
+    device: torch.device,
+    batch_size: int,
+    ctx: DistContext,
+    offset: int,
+    total: int,
+) -> tuple[list[int], torch.Tensor, torch.Tensor, DecodeReport]:
+    import time
+
+    report = DecodeReport()
+    indices: list[int] = []
+    logits: list[torch.Tensor] = []
+    embeddings: list[torch.Tensor] = []
+    started = time.perf_counter()
+    show = ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
+    with progress_bar(disable=not show) as bar:
+        task = bar.add_task("Scoring pool with the teacher", total=len(paths) * ctx.world_size, rate="")
+        done = 0
+        for batch in iter_decoded(paths, teacher.spec.input_size, batch_size, report, root):
+            images = normalize(batch.images.to(device, non_blocking=True), teacher.spec)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                batch_logits, batch_embeddings = teacher.predict(images)
+            logits.append(batch_logits.float().cpu())
+            embeddings.append(batch_embeddings.float().cpu())
+            indices.extend(offset + i for i in batch.indices)
+            done = batch.indices[-1] + 1
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=done * ctx.world_size, rate=f"{rate * ctx.world_size:,.0f} img/s")
+        bar.update(task, completed=len(paths) * ctx.world_size)
+    width = teacher.embedding_dim or teacher.num_classes
+    return (
+        indices,
+        torch.cat(logits) if logits else torch.empty(0, teacher.num_classes),
+        torch.cat(embeddings) if embeddings else torch.empty(0, width),
+        report,
+    )
+
+
+def _top_reason(report: DecodeReport) -> str:
+    reasons = report.summary()["by_reason"]
+    assert isinstance(reasons, dict)
+    if not reasons:
+        return "no reason recorded"
+    reason, count = max(reasons.items(), key=lambda item: item[1])
+    return f"most common: {reason}, {count} files"
+
+
+def _read_cache(cache: Path | None, fingerprint: str) -> PoolScores | None:
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        data = torch.load(cache, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged cache is simply recomputed
+        return None
+    if data.get("fingerprint") != fingerprint:
+        return None
+    return PoolScores(
+        root=Path(data["root"]),
+        paths=list(data["paths"]),
+        logits=data["logits"],
+        embeddings=data["embeddings"],
+        files=int(data["files"]),
+        skipped=data["skipped"],
+        seconds=0.0,
+        from_cache=True,
+    )
+
+
+def _write_cache(cache: Path, fingerprint: str, scores: PoolScores) -> None:
+    save_torch_atomic(
+        cache,
+        {
+            "fingerprint": fingerprint,
+            "root": str(scores.root),
+            "paths": scores.paths,
+            "logits": scores.logits,
+            "embeddings": scores.embeddings,
+            "files": scores.files,
+            "skipped": scores.skipped,
+        },
+    )

@@ -1,0 +1,215 @@
+"""Teacher-guided selection of useful samples from the unlabeled pool (EIKD §3.1), and the baselines' subsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eikd_edge.config import SelectionConfig
+from eikd_edge.scoring import PoolScores
+
+
+def in_distribution_scores(logits: torch.Tensor, embeddings: torch.Tensor, kind: str) -> torch.Tensor:
+    """Higher = looks more like the teacher's training data. One number per sample."""
+    probs = logits.softmax(dim=1)
+    if kind == "confidence":
+        return probs.max(dim=1).values
+    if kind == "entropy":
+        return (probs * probs.clamp_min(1e-12).log()).sum(dim=1)  # negative entropy
+    if kind == "energy":
+        return torch.logsumexp(logits, dim=1)  # -energy
+    if kind == "prototype":
+        return prototype_cosine(probs, embeddings)
+    raise ValueError(f"unknown score {kind!r}")
+
+
+def prototype_cosine(probs: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Cosine to the confidence-weighted mean embedding of the sample's predicted class."""
+    normed = F.normalize(embeddings, dim=1)
+    predicted = probs.argmax(dim=1)
+    confidence = probs.max(dim=1).values
+    prototypes = torch.zeros(probs.shape[1], normed.shape[1])
+    prototypes.index_add_(0, predicted, normed * confidence[:, None])
+    prototypes = F.normalize(prototypes, dim=1)
+    return (normed * prototypes[predicted]).sum(dim=1)
+
+
+def balanced_quotas(candidates: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal quota per class; a class short of candidates keeps all and its unused quota moves to the others.
+
+    Returns (take per class, deficit per class against the equal share).
+    """
+    classes = len(candidates)
+    share = total / classes
+    take = np.zeros(classes, dtype=np.int64)
+    open_classes = np.ones(classes, dtype=bool)
+    remaining = total
+    while remaining > 0 and open_classes.any():
+        quota = remaining / open_classes.sum()
+        short = open_classes & (candidates - take <= quota)
+        if short.any():
+            for c in np.flatnonzero(short):
+                remaining -= candidates[c] - take[c]
+                take[c] = candidates[c]
+                open_classes[c] = False
+            continue
+        per_class = int(np.floor(quota))
+        open_idx = np.flatnonzero(open_classes)
+        take[open_idx] += per_class
+        leftover = remaining - per_class * len(open_idx)
+        for c in open_idx[:leftover]:  # spread the remainder deterministically
+            take[c] += 1
+        remaining = 0
+    deficit = np.maximum(0, np.floor(share).astype(np.int64) - candidates)
+    return take, deficit
+
+
+def drop_near_duplicates(embeddings: torch.Tensor, order: np.ndarray, threshold: float) -> np.ndarray:
+    """Walk `order` (best first) and keep a sample only if no kept sample has cosine above `threshold`."""
+    if len(order) == 0:
+        return order
+    normed = F.normalize(embeddings[torch.as_tensor(order)], dim=1)
+    kept: list[int] = []
+    for position in range(len(order)):
+        if kept and float((normed[kept] @ normed[position]).max()) > threshold:
+            continue
+        kept.append(position)
+    return order[kept]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which pool samples train the student, which are held out for label-free model selection."""
+
+    pool: PoolScores
+    classes: tuple[str, ...]
+    method: str
+    config: SelectionConfig
+    predicted: np.ndarray  # [N] class index
+    confidence: np.ndarray  # [N]
+    score: np.ndarray  # [N]
+    selected: np.ndarray  # [N] bool
+    split: np.ndarray  # [N] "train" | "holdout" | ""
+    per_class: list[dict[str, Any]]
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.split == "train")
+
+    @property
+    def holdout_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.split == "holdout")
+
+    def to_json(self) -> dict[str, Any]:
+        deficits = [c["name"] for c in self.per_class if c["deficit"] > 0]
+        return {
+            "method": self.method,
+            "settings": self.config.model_dump(mode="json"),
+            "pool": {
+                "root": str(self.pool.root),
+                "files": self.pool.files,
+                "decoded": len(self.pool.paths),
+                "skipped": self.pool.skipped,
+                "scoring_s": round(self.pool.seconds, 3),
+            },
+            "selected_count": int(self.selected.sum()),
+            "train_count": int((self.split == "train").sum()),
+            "holdout_count": int((self.split == "holdout").sum()),
+            "classes": self.per_class,
+            "classes_below_quota": deficits,
+            "manifest": [
+                {
+                    "path": path,
+                    "predicted": self.classes[int(self.predicted[i])],
+                    "confidence": round(float(self.confidence[i]), 6),
+                    "score": round(float(self.score[i]), 6),
+                    "selected": bool(self.selected[i]),
+                    "split": self.split[i] or None,
+                }
+                for i, path in enumerate(self.pool.paths)
+            ],
+        }
+
+
+def select(
+    pool: PoolScores, classes: tuple[str, ...], config: SelectionConfig, method: str = "eikd", seed: int = 0
+) -> Selection:
+    """EIKD: class-balanced top-scored; kd: whole pool; random: random subset of EIKD's size; dfnd: global top-k."""
+    probs = pool.logits.softmax(dim=1)
+    predicted = probs.argmax(dim=1).numpy()
+    confidence = probs.max(dim=1).values.numpy()
+    score_kind = "confidence" if method == "dfnd" else config.score
+    score = in_distribution_scores(pool.logits, pool.embeddings, score_kind).numpy()
+    count = len(pool.paths)
+    budget = max(1, round(config.keep_fraction * count))
+    rng = np.random.default_rng(seed)
+    ranked = _ranked_per_class(pool, predicted, score, len(classes), config)
+    candidates = np.array([len(members) for members in ranked], dtype=np.int64)
+    if config.balance:
+        take, deficit = balanced_quotas(candidates, min(budget, int(candidates.sum())))
+    else:
+        take, deficit = candidates, np.zeros_like(candidates)
+    eikd_choice = (
+        np.sort(np.concatenate([members[:quota] for members, quota in zip(ranked, take, strict=True)]))
+        if config.balance
+        else np.argsort(-score, kind="stable")[:budget]
+    )
+    size = len(eikd_choice)  # baselines get a subset of the same size, for an honest comparison
+    chosen: np.ndarray
+    if method == "kd":
+        chosen = np.arange(count)
+    elif method == "random":
+        chosen = np.sort(rng.choice(count, size=size, replace=False))
+    elif method == "dfnd":
+        chosen = np.argsort(-score, kind="stable")[:size]
+    else:
+        chosen = eikd_choice
+    selected = np.zeros(count, dtype=bool)
+    selected[chosen] = True
+    split = _holdout_split(selected, predicted, config.holdout_fraction, rng)
+    per_class = [
+        {
+            "name": name,
+            "candidates": int(candidates[c]),
+            "quota": int(take[c]) if method == "eikd" else None,
+            "selected": int((selected & (predicted == c)).sum()),
+            "deficit": int(deficit[c]) if method == "eikd" else 0,
+        }
+        for c, name in enumerate(classes)
+    ]
+    return Selection(pool, classes, method, config, predicted, confidence, score, selected, split, per_class)
+
+
+def _ranked_per_class(
+    pool: PoolScores, predicted: np.ndarray, score: np.ndarray, num_classes: int, config: SelectionConfig
+) -> list[np.ndarray]:
+    """Each class's candidates, best first, with near-duplicates already removed (so quotas count real options)."""
+    ranked = []
+    for c in range(num_classes):
+        members = np.flatnonzero(predicted == c)
+        ordered = members[np.argsort(-score[members], kind="stable")]
+        if config.dedup_threshold is not None:
+            ordered = drop_near_duplicates(pool.embeddings, ordered, config.dedup_threshold)
+        ranked.append(ordered)
+    return ranked
+
+
+def _holdout_split(
+    selected: np.ndarray, predicted: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Stratified by predicted class; at least one training sample always remains."""
+    split = np.where(selected, "train", "").astype(object)
+    if fraction <= 0:
+        return split
+    for c in np.unique(predicted[selected]):
+        members = np.flatnonzero(selected & (predicted == c))
+        n_hold = round(fraction * len(members))
+        if n_hold and len(members) > 1:
+            split[rng.choice(members, size=min(n_hold, len(members) - 1), replace=False)] = "holdout"
+    if not (split == "train").any():
+        split[np.flatnonzero(selected)[0]] = "train"
+    return split

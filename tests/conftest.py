@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny real models and real small images, built in temp folders (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from eikd_edge.models.zoo import build_model
+
+os.environ.setdefault("EIKD_NO_PROGRESS", "1")
+torch.set_num_threads(2)
+
+SPEC = {"input_size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "classes": [str(i) for i in range(10)]}
+
+
+def write_sidecar(model_path: Path, spec: dict | None = None) -> None:
+    model_path.with_suffix(".yaml").write_text(yaml.safe_dump(spec or SPEC))
+
+
+def tiny_classifier(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("cifar_resnet8", 10, width=0.5).eval()
+
+
+def save_torchscript(model: torch.nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(model).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digit_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 real handwritten digits (scikit-learn's bundled set) as 8x8 PNGs, plus one broken file."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("pool")
+    digits = load_digits()
+    for i in range(120):
+        pixels = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
+    (folder / "broken.jpg").write_text("this is not a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digit_val(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labeled ImageFolder of 60 real handwritten digits not in `digit_images`."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("val")
+    digits = load_digits()
+    for i in range(1000, 1060):
+        label_dir = folder / str(digits.target[i])
+        label_dir.mkdir(exist_ok=True)
+        pixels = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(label_dir / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def script_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TorchScript teacher with a sidecar (random weights are enough to exercise the machinery)."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_torchscript(tiny_classifier(), path)
+    write_sidecar(path)
+    return path

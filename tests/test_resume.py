@@ -1,0 +1,75 @@
+"""Killed and interrupted runs: SIGKILL mid-run then --resume equals an uninterrupted run; Ctrl-C exits 3 cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SETTINGS = ["train.epochs=6", "train.batch_size=16", "student.width=0.5", "train.device=cpu", "selection.batch_size=64"]
+
+
+def _command(teacher: Path, pool: Path, out: Path, *extra: str) -> list[str]:
+    sets = [arg for item in SETTINGS for arg in ("--set", item)]
+    return [sys.executable, "-m", "eikd_edge", "distill", "-t", str(teacher), "-u", str(pool), "-o", str(out), *sets,
+            *extra]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "EIKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _start_and_wait_for_checkpoint(command: list[str], state: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not state.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no checkpoint appeared: {process.stderr.read()[-1500:] if process.stderr else ''}")
+        time.sleep(0.02)
+    return process
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
+    reference = tmp_path / "reference"
+    done = subprocess.run(_command(script_teacher, digit_images, reference), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]
+    killed = tmp_path / "killed"
+    process = _start_and_wait_for_checkpoint(_command(script_teacher, digit_images, killed), killed / "train_state.pt")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_epochs = torch.load(killed / "train_state.pt", weights_only=True)["epoch"] + 1
+    assert interrupted_epochs < 6, "the run finished before it could be killed"
+    assert not (killed / "metrics.json").exists()
+    assert not list(killed.glob(".*.tmp")) or all(p.stat().st_size >= 0 for p in killed.glob(".*.tmp"))
+    resumed = subprocess.run(
+        _command(script_teacher, digit_images, killed, "--resume"), env=_env(), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    expected = json.loads((reference / "metrics.json").read_text())
+    actual = json.loads((killed / "metrics.json").read_text())
+    assert len(actual["history"]) == 6
+    for want, got in zip(expected["history"], actual["history"], strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-5)
+        assert got["agreement"] == pytest.approx(want["agreement"], abs=1e-6)
+    assert actual["agreement"] == expected["agreement"]
+
+
+def test_ctrl_c_exits_3_with_checkpoint_intact(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
+    out = tmp_path / "run"
+    process = _start_and_wait_for_checkpoint(_command(script_teacher, digit_images, out), out / "train_state.pt")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr[-1500:]
+    assert "--resume" in stderr and "Traceback" not in stderr
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["epoch"] >= 0
+    student = torch.load(out / "student.pt", weights_only=True)
+    assert student["format"] == "eikd-edge/student"
