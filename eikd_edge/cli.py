@@ -8,18 +8,33 @@ import warnings
 import typer
 from typer.core import TyperGroup
 
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer with click installed
+    from click.exceptions import UsageError
+
 from eikd_edge import __version__
 from eikd_edge.commands import register_all
 from eikd_edge.console import console, err_console
-from eikd_edge.errors import EXIT_INTERRUPTED, EikdError
+from eikd_edge.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, EikdError
 
 
 class _ErrorsToExitCodes(TyperGroup):
     """Every user error ends as one red line and its exit code; `--debug` shows the traceback instead."""
 
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as exc:
+            exc.exit_code = EXIT_USER_ERROR  # a mistyped command line is a user error, not a failed gate (2)
+            raise
+
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
+        except UsageError as exc:
+            exc.exit_code = EXIT_USER_ERROR
+            raise
         except EikdError as exc:
             if os.environ.get("EIKD_DEBUG"):
                 raise

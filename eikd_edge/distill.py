@@ -181,7 +181,7 @@ def _distill(
     if len(train_idx) < 2:
         raise EikdError("fewer than 2 usable training images after selection; add field images or raise keep_fraction")
     val = load_labeled_folder(inputs.val, spec) if inputs.val else None
-    trainer = _Trainer(recipe, teacher, spec, device, ctx, run)
+    trainer = Trainer(recipe, teacher, spec, device, ctx, run)
     trainer.fit(pool, train_images, train_idx, hold_images, hold_idx, val, resume)
     metrics = trainer.metrics(selection, inputs) if ctx.is_main else {}
     if ctx.is_main:
@@ -200,7 +200,7 @@ def _check_resume_recipe(run: RunPaths, recipe: Recipe, resume: bool) -> None:
         raise EikdError(f"--resume with a different recipe than {run.recipe}; resume with the same settings")
 
 
-class _Trainer:
+class Trainer:
     """Holds the training state; `fit` runs epochs, evaluates label-free agreement, checkpoints each epoch."""
 
     def __init__(
@@ -241,6 +241,11 @@ class _Trainer:
         self.images_seen = 0
         self.teacher_val_top1: float | None = None
 
+    def configure_schedule(self, total_steps: int, warmup_steps: int) -> None:
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps)
+        )
+
     def _schedule(self, n_train: int) -> tuple[int, int, int]:
         cfg = self.recipe.train
         global_batch = min(cfg.batch_size, n_train)
@@ -271,10 +276,7 @@ class _Trainer:
             )
         batch, steps_per_epoch, total_steps = self._schedule(len(images))
         epochs = math.ceil(total_steps / steps_per_epoch)
-        warmup = int(cfg.warmup_epochs * steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, total_steps, warmup)
-        )
+        self.configure_schedule(total_steps, int(cfg.warmup_epochs * steps_per_epoch))
         if resume:
             self._load_state()
         self.total_steps, self.epochs = total_steps, epochs
@@ -292,7 +294,7 @@ class _Trainer:
                 try:
                     for i in range(steps_now):
                         ids = order[i * batch : (i + 1) * batch][self.ctx.rank :: self.ctx.world_size][:per_rank]
-                        parts = self._train_step(images[ids], t_logits[ids], t_embed[ids], generator)
+                        parts = self.train_step(images[ids], t_logits[ids], t_embed[ids], generator)
                         for key, value in parts.items():
                             sums[key] = sums.get(key, 0.0) + value
                         bar.update(task, advance=1, rate=f"loss {parts['total']:.3f}")
@@ -306,7 +308,7 @@ class _Trainer:
                 self.images_seen += steps_now * batch
                 self._end_epoch(epoch, steps_now, sums, seconds, hold_images, hold_targets, val)
 
-    def _train_step(
+    def train_step(
         self, images: torch.Tensor, t_logits: torch.Tensor, t_embed: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
         self.net.train()
@@ -425,12 +427,12 @@ class _Trainer:
                 "macs": count_macs(student_cpu, self.spec.input_size),
                 "best_epoch": self.best["epoch"],
             },
-            "agreement": {"top1": best.get("agreement"), "holdout_size": int(len(selection.holdout_indices))},
+            "agreement": {"top1": best.get("agreement"), "holdout_size": len(selection.holdout_indices)},
             "selection": {
                 "pool_files": selection.pool.files,
                 "decoded": len(selection.pool.paths),
                 "selected": int(selection.selected.sum()),
-                "train": int(len(selection.train_indices)),
+                "train": len(selection.train_indices),
                 "classes_below_quota": [c["name"] for c in selection.per_class if c["deficit"] > 0],
                 "scoring_s": round(selection.pool.seconds, 3),
                 "skipped": selection.pool.skipped.get("count", 0),

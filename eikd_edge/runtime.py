@@ -71,7 +71,9 @@ class OnnxPredictor:
         available = ort.get_available_providers()
         use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
         if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise EikdError("onnxruntime here has no CUDAExecutionProvider; install onnxruntime-gpu or use --device cpu")
+            raise EikdError(
+                "onnxruntime here has no CUDAExecutionProvider; install onnxruntime-gpu or use --device cpu"
+            )
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -18,8 +18,9 @@ from eikd_edge.checkpoint import StudentCheckpoint, load_student
 from eikd_edge.data import load_labeled_folder, normalize
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, folder_images, run_field_images
-from eikd_edge.export.formats import FORMATS
+from eikd_edge.export.formats import FORMATS, get_format
 from eikd_edge.export.record import merge_record, read_record, status_for
+from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.run import RunPaths, load_run_teacher
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
@@ -142,7 +143,9 @@ def _teacher_logits(teacher: Any, images: torch.Tensor) -> np.ndarray:
     """Teacher logits on uint8 images (resized if the teacher wants another input size)."""
     x = images
     if tuple(images.shape[-2:]) != tuple(teacher.spec.input_size):
-        x = torch.nn.functional.interpolate(images.float(), size=teacher.spec.input_size, mode="bilinear", antialias=True)
+        x = torch.nn.functional.interpolate(
+            images.float(), size=teacher.spec.input_size, mode="bilinear", antialias=True
+        )
     parts = [teacher.predict(normalize(x[i : i + 256], teacher.spec))[0] for i in range(0, len(x), 256)]
     return torch.cat(parts).float().numpy()
 
@@ -165,7 +168,9 @@ def validate_run(
     for name, entry in entries.items():
         if entry.get("status") != "failed" and not (run.export_dir / str(entry.get("path", ""))).is_file():
             raise EikdError(f"{name}: {run.export_dir / str(entry.get('path'))} is missing; re-run `eikd-edge export`")
-    images = folder_images(images_dir, ckpt.spec, limit) if images_dir else run_field_images(run, ckpt.spec, "parity", limit)
+    images = (
+        folder_images(images_dir, ckpt.spec, limit) if images_dir else run_field_images(run, ckpt.spec, "parity", limit)
+    )
     ref = reference_outputs(run, ckpt, images, val_dir)
     checks = [check_artifact(run, name, entries[name], ckpt, ref, gate, threads) for name in _ordered(entries)]
     updates = {c.name: {"status": c.status, "parity": c.parity.to_dict()} for c in checks if c.parity is not None}
@@ -173,7 +178,10 @@ def validate_run(
     summary = {
         "images": {"source": images.source, "n": len(images), "skipped": images.skipped},
         "gate": gate,
-        "student": {"agree_teacher": ref.student_agree_teacher, "top1": top1(TorchPredictor(ckpt.model, ckpt.spec), ref)},
+        "student": {
+            "agree_teacher": ref.student_agree_teacher,
+            "top1": top1(TorchPredictor(ckpt.model, ckpt.spec), ref),
+        },
         "teacher": {"top1": ref.teacher_top1},
         "artifacts": {
             c.name: {"status": c.status, "reason": c.reason, "parity": c.parity.to_dict() if c.parity else None}
@@ -190,9 +198,6 @@ def check_artifact(
     run: RunPaths, name: str, entry: dict[str, Any], ckpt: StudentCheckpoint, ref: Reference, gate: float, threads: int
 ) -> ArtifactCheck:
     """Run one artifact on the reference images; a TensorRT engine that cannot run here is skipped, not failed."""
-    from eikd_edge.export.formats import get_format
-    from eikd_edge.export.tensorrt import unavailable_reason
-
     fmt = get_format(name)
     if entry.get("status") == "failed":
         return ArtifactCheck(name, fmt.precision, fmt.backend, "failed", entry.get("reason") or "export failed", None)
@@ -201,9 +206,10 @@ def check_artifact(
     try:
         predictor = make_predictor(fmt, run.root, ckpt.spec, threads=threads)
         result = parity(predictor.predict_logits(ref.images.images), ref, gate, top1(predictor, ref))
-    except EikdError as exc:
-        status = "skipped" if fmt.backend == "tensorrt" else "failed"
-        return ArtifactCheck(name, fmt.precision, fmt.backend, status, str(exc), None)
+    except Exception as exc:  # an artifact that cannot even run fails validation; it must not crash the others
+        status = "skipped" if fmt.backend == "tensorrt" and isinstance(exc, EikdError) else "failed"
+        reason = str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        return ArtifactCheck(name, fmt.precision, fmt.backend, status, reason, None)
     reason = None if result.passed else f"top-1 agreement {result.agree_student:.4f} < gate {gate}"
     return ArtifactCheck(name, fmt.precision, fmt.backend, status_for(result.to_dict()), reason, result)
 

@@ -49,3 +49,9 @@ def test_user_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_wrong_classes_flag_is_exit_1(script_teacher: Path) -> None:
     result = runner.invoke(app, ["inspect", str(script_teacher), "--classes", "a,b"])
     assert result.exit_code == 1 and "outputs 10 classes" in result.output
+
+
+def test_usage_errors_exit_1_not_the_gate_code() -> None:
+    assert runner.invoke(app, ["no-such-command"]).exit_code == 1
+    assert runner.invoke(app, ["models", "--no-such-option"]).exit_code == 1
+    assert runner.invoke(app, ["distill"]).exit_code == 1  # missing required options

@@ -15,8 +15,6 @@ from typer.testing import CliRunner
 
 from eikd_edge.checkpoint import load_student
 from eikd_edge.cli import app
-from eikd_edge.config import load_recipe
-from eikd_edge.distill import DistillInputs, distill
 
 runner = CliRunner()
 FAST = ["train.epochs=2", "train.batch_size=16", "student.width=0.5", "selection.batch_size=64"]
@@ -58,7 +56,7 @@ def test_distill_cli_writes_the_artifact_contract(
 
 def test_second_run_refuses_then_resume_and_overwrite(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
     out = tmp_path / "run"
-    base = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(out)] + _sets()
+    base = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(out), *_sets()]
     assert runner.invoke(app, base).exit_code == 0
     before = (out / "student.pt").read_bytes()
     refused = runner.invoke(app, base)
@@ -124,7 +122,7 @@ def test_empty_and_all_bad_pools_are_one_line_errors(tmp_path: Path, script_teac
 def test_torchrun_two_processes_agree_with_single(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
     """DDP on gloo: sharded selection equals the single-process one, and rank 0 writes one valid checkpoint."""
     single = tmp_path / "single"
-    args = ["-t", str(script_teacher), "-u", str(digit_images)] + _sets(["train.epochs=1", "train.device=cpu"])
+    args = ["-t", str(script_teacher), "-u", str(digit_images), *_sets(["train.epochs=1", "train.device=cpu"])]
     assert runner.invoke(app, ["select", *args[:4], "-o", str(single)]).exit_code == 0
     env = {**os.environ, "EIKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     ddp = tmp_path / "ddp"
@@ -142,3 +140,22 @@ def test_torchrun_two_processes_agree_with_single(tmp_path: Path, script_teacher
     assert metrics["train"]["world_size"] == 2
     assert load_student(ddp / "student.pt").model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     assert not list(ddp.glob(".*.tmp"))
+
+
+def test_quickstart_runs_on_the_bundled_example(tmp_path: Path) -> None:
+    """The wiring of quickstart (bundled teacher, field pool, val) at a tiny budget; the full run is in the README."""
+    out = tmp_path / "qs"
+    result = runner.invoke(
+        app, ["quickstart", "--out", str(out), "--set", "train.steps=3", "--set", "train.batch_size=32"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher"]["top1"] > 0.95  # the bundled teacher on the handwritten val split
+    assert metrics["selection"]["pool_files"] == 2400 and metrics["train"]["steps"] == 3
+    assert "classes below quota" in result.stdout and "eikd-edge export" in result.stdout
+    not_a_run = tmp_path / "mine"
+    not_a_run.mkdir()
+    (not_a_run / "precious.txt").write_text("keep me")
+    refused = runner.invoke(app, ["quickstart", "--out", str(not_a_run)])
+    assert refused.exit_code == 1 and (not_a_run / "precious.txt").read_text() == "keep me"

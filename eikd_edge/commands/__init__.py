@@ -6,7 +6,7 @@ import typer
 
 
 def register_all(app: typer.Typer) -> None:
-    from eikd_edge.commands import inspect_cmd, models_cmd
+    from eikd_edge.commands import distill_cmd, export_cmd, inspect_cmd, models_cmd, validate_cmd
 
-    for module in (models_cmd, inspect_cmd):
+    for module in (distill_cmd, export_cmd, validate_cmd, models_cmd, inspect_cmd):
         module.register(app)

@@ -19,7 +19,8 @@ from eikd_edge.commands.options import (
 )
 from eikd_edge.commands.summary import print_distill_summary, print_selection_summary
 from eikd_edge.config import load_recipe
-from eikd_edge.distill import DistillInputs, distill, prepare_run_folder, run_selection
+from eikd_edge.console import console
+from eikd_edge.distill import DistillInputs, distill, run_selection
 from eikd_edge.errors import EikdError
 from eikd_edge.run import RunPaths
 
@@ -90,18 +91,19 @@ def quickstart(
     example: Annotated[
         Path | None, typer.Option("--example", help="Example folder (default: the bundled one).")
     ] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Select + distil on the bundled digits example (a few minutes on a laptop CPU)."""
     folder = example or bundled_example()
     run = RunPaths(out)
     if out.exists() and any(out.iterdir()) and not run.recipe.exists():
-        raise EikdError(f"{out} exists and is not a run folder; pick another --out")
-    prepare_run_folder(run, resume=False, overwrite=True)
+        raise EikdError(f"{out} exists and is not an eikd-edge run folder; pick another --out")
+    recipe_file = folder / "recipe.yaml"
+    settings = load_recipe(recipe_file if recipe_file.is_file() else None, overrides)
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")
-    result = distill(
-        inputs, load_recipe(folder / "recipe.yaml" if (folder / "recipe.yaml").exists() else None), out, overwrite=True
-    )
+    result = distill(inputs, settings, out, overwrite=True)
     print_distill_summary(result)
+    console.print(f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}")
 
 
 def bundled_example() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -82,7 +83,5 @@ def count_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
 
 
 def _set_mode(model: nn.Module, training: bool) -> None:
-    try:
+    with contextlib.suppress(NotImplementedError):  # torch.export modules have a fixed mode
         model.train(training)
-    except NotImplementedError:  # torch.export modules have a fixed mode
-        pass

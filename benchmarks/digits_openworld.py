@@ -1,0 +1,110 @@
+"""digits-openworld (DESIGN §8): every method and ablation on the bundled example, same step budget, several seeds.
+
+The teacher knows handwritten digits; the field pool holds printed digits and out-of-label-space distractors and
+no handwritten digit; the score is true top-1 on the handwritten test split (examples/digits/val).
+
+    python benchmarks/digits_openworld.py [--seeds 0 1 2] [--steps 400] [--only eikd kd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import EXAMPLE, RESULTS, machine, mean_std
+from eikd_edge.config import load_recipe
+from eikd_edge.distill import DistillInputs, distill
+
+VARIANTS: dict[str, list[str]] = {
+    "eikd": [],
+    "eikd w/o class-dropping": ["loss.class_drop.enabled=false"],
+    "eikd w/o feature loss": ["loss.feature.enabled=false"],
+    "eikd w/o relation loss": ["loss.relation.enabled=false"],
+    "eikd w/o class balance": ["selection.balance=false"],
+    "kd (whole pool)": ["method=kd"],
+    "random (same size)": ["method=random"],
+    "dfnd": ["method=dfnd"],
+}
+
+
+def run_variant(name: str, overrides: list[str], seed: int, steps: int, workdir: Path, cache: Path | None) -> dict:
+    out = workdir / f"{name.replace(' ', '_').replace('/', '')}-{seed}"
+    if cache is not None:  # the teacher pass is identical for every run: reuse it, time only the training
+        (out / "cache").mkdir(parents=True, exist_ok=True)
+        shutil.copy(cache, out / "cache" / cache.name)
+    recipe = load_recipe(EXAMPLE / "recipe.yaml" if (EXAMPLE / "recipe.yaml").exists() else None,
+                         [*overrides, f"train.seed={seed}", f"train.steps={steps}", "train.device=cpu"])  # fmt: skip
+    inputs = DistillInputs(EXAMPLE / "teacher.pt", EXAMPLE / "field", EXAMPLE / "val")
+    result = distill(inputs, recipe, out, overwrite=True)
+    return result.metrics
+
+
+def time_to_reach(history: list[dict[str, Any]], target: float) -> float | None:
+    for record in history:
+        if record.get("val_top1", 0.0) >= target:
+            return record["wall_s"]
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--only", nargs="*", default=None, help="variant name prefixes to run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "digits_openworld.json")
+    args = parser.parse_args()
+    os.environ.setdefault("EIKD_NO_PROGRESS", "1")
+    variants = {k: v for k, v in VARIANTS.items() if not args.only or any(k.startswith(p) for p in args.only)}
+    workdir = Path(tempfile.mkdtemp(prefix="eikd-bench-"))
+    runs: dict[str, list[dict]] = {}
+    cache = None
+    for name, overrides in variants.items():
+        for seed in args.seeds:
+            metrics = run_variant(name, overrides, seed, args.steps, workdir, cache)
+            if cache is None:
+                produced = next(workdir.glob("*/cache/teacher_outputs.pt"), None)
+                cache = produced
+            runs.setdefault(name, []).append(metrics)
+            top1, agreement = metrics["student"]["top1"], metrics["agreement"]["top1"]
+            print(f"{name} seed {seed}: top1 {top1:.4f} agreement {agreement:.4f} "
+                  f"wall {metrics['train']['wall_s']:.1f}s", flush=True)  # fmt: skip
+    teacher_top1 = next(iter(runs.values()))[0]["teacher"]["top1"]
+    eikd_final = mean_std([m["student"]["top1"] for m in runs.get("eikd", [])])[0] if "eikd" in runs else None
+    rows = []
+    for name, metrics in runs.items():
+        top1 = mean_std([m["student"]["top1"] for m in metrics])
+        agreement = mean_std([m["agreement"]["top1"] for m in metrics])
+        wall = mean_std([m["train"]["wall_s"] for m in metrics])
+        reach = [time_to_reach(m["history"], 0.95 * eikd_final) for m in metrics] if eikd_final else []
+        reached = [r for r in reach if r is not None]
+        rows.append({
+            "variant": name, "top1_mean": top1[0], "top1_std": top1[1], "agreement_mean": agreement[0],
+            "agreement_std": agreement[1], "wall_s_mean": wall[0], "train_images": metrics[0]["selection"]["train"],
+            "time_to_95pct_eikd_s": (sum(reached) / len(reached)) if reached else None,
+            "reached": f"{len(reached)}/{len(reach)}",
+        })  # fmt: skip
+    summary = {"machine": machine(), "seeds": args.seeds, "steps": args.steps, "teacher_top1": teacher_top1,
+               "rows": rows, "runs": runs}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nmachine: {summary['machine']}; teacher top-1 on the handwritten val split: {100 * teacher_top1:.1f}%")
+    print(f"{len(args.seeds)} seeds, {args.steps} optimizer steps each\n")
+    print("| method | true top-1 (%) | agreement (%) | train images | wall (s) | time to 95% of EIKD (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        reach = (
+            f"{r['time_to_95pct_eikd_s']:.1f} ({r['reached']})" if r["time_to_95pct_eikd_s"] else f"— ({r['reached']})"
+        )
+        print(f"| {r['variant']} | {100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} | "
+              f"{100 * r['agreement_mean']:.1f} ± {100 * r['agreement_std']:.1f} | {r['train_images']} | "
+              f"{r['wall_s_mean']:.1f} | {reach} |")  # fmt: skip
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""`eikd-edge export RUN`: ONNX, ONNX Runtime INT8 and TensorRT artifacts with one status table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from eikd_edge.commands.models_cmd import human
+from eikd_edge.console import console, err_console
+from eikd_edge.errors import EikdError, GateFailed
+from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
+from eikd_edge.export.pipeline import ExportRequest, ExportResult, export_run
+from eikd_edge.export.targets import DEFAULT_TARGET, load_target
+
+STATUS_STYLE = {
+    "ok": "[green]ok[/]",
+    "failed_gate": "[yellow]exported, failed gate[/]",
+    "failed": "[red]failed[/]",
+    "on_device": "[cyan]on device[/]",
+}
+
+
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `eikd-edge distill`.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="FP32 ONNX: dynamic batch, simplified, checked.")] = False,
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="ONNX Runtime static INT8 (QDQ) for CPU; with --trt also a TensorRT INT8 engine."),
+    ] = False,
+    trt: Annotated[
+        bool, typer.Option("--trt", help="TensorRT engine(s); precisions from --fp32/--fp16/--int8 or the target.")
+    ] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="With --trt: an FP16 engine.")] = False,
+    fp32: Annotated[bool, typer.Option("--fp32", help="With --trt: an FP32 engine.")] = False,
+    target: Annotated[
+        str, typer.Option("--target", help="Device profile from export/targets (e.g. jetson-orin-nano).")
+    ] = DEFAULT_TARGET,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the target's, 17).")] = None,
+    exporter: Annotated[
+        str, typer.Option("--exporter", help="auto | torchscript | dynamo (auto: torchscript for opset <= 17).")
+    ] = "auto",
+    gate: Annotated[float, typer.Option("--gate", help="Min top-1 agreement with the FP32 student.")] = 0.99,
+    calib_images: Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")] = 256,
+    threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="Field images for calibration and parity (default: the run's selection)."),
+    ] = None,
+) -> None:
+    """Export the run's student; without format flags, the target's default formats."""
+    if (fp16 or fp32) and not trt:
+        raise EikdError("--fp16/--fp32 choose TensorRT precisions: add --trt")
+    if not 0.0 < gate <= 1.0:
+        raise EikdError(f"--gate must be in (0, 1], got {gate}")
+    if exporter not in EXPORTERS:
+        raise EikdError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise EikdError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (17 suits TensorRT 8.5+), got {opset}")
+    if calib_images < 1:
+        raise EikdError("--calib-images must be at least 1")
+    request = _request(onnx, int8, trt, fp16, fp32, target, opset, exporter, gate, calib_images, threads, images)
+    result = export_run(run, request)
+    _print(result)
+    failed = [o for o in result.outcomes if o.status == "failed"]
+    gated = [o for o in result.outcomes if o.status == "failed_gate"]
+    if gated:
+        raise GateFailed(f"{', '.join(o.name for o in gated)} failed the {gate} top-1 agreement gate")
+    if failed:
+        raise EikdError(f"{', '.join(o.name for o in failed)} failed to export: {failed[0].reason}")
+
+
+def _request(
+    onnx: bool,
+    int8: bool,
+    trt: bool,
+    fp16: bool,
+    fp32: bool,
+    target_name: str,
+    opset: int | None,
+    exporter: str,
+    gate: float,
+    calib_images: int,
+    threads: int,
+    images: Path | None,
+) -> ExportRequest:
+    target = load_target(target_name)
+    chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
+    trt_precisions = tuple(chosen or target.precisions) if trt else ()
+    if not (onnx or int8 or trt):  # nothing asked: the target's defaults
+        onnx = True
+        if target.backend == "tensorrt":
+            trt_precisions = tuple(target.precisions)
+        else:
+            int8 = "int8" in target.precisions
+    common = {"target": target_name, "opset": opset, "exporter": exporter, "gate": gate, "images": images}
+    return ExportRequest(onnx, int8, trt_precisions, calib_images=calib_images, threads=threads, **common)
+
+
+def _print(result: ExportResult) -> None:
+    table = Table(
+        title=f"Export for {result.target.name}",
+        caption="agree S / T: top-1 agreement with the FP32 PyTorch student / the teacher on field images",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("artifact", "prec", "size", "build s", "agree S", "agree T", "status"):
+        table.add_column(column, justify="left" if column in ("artifact", "prec", "status") else "right", no_wrap=True)
+    for outcome in result.outcomes:
+        entry, parity = outcome.entry, outcome.entry.get("parity") or {}
+        table.add_row(
+            outcome.name,
+            str(entry.get("precision", "-")),
+            human(entry["size_bytes"]) + "B" if "size_bytes" in entry else "-",
+            f"{entry['build_s']:.1f}" if "build_s" in entry else "-",
+            _pct(parity.get("agree_student")),
+            _pct(parity.get("agree_teacher")),
+            STATUS_STYLE.get(outcome.status, outcome.status),
+        )
+    console.print(table)
+    for outcome in result.outcomes:
+        if outcome.reason:
+            console.print(f"  {outcome.name}: {outcome.reason}", highlight=False)
+    quant = next((o.entry.get("quantization") for o in result.outcomes if o.entry.get("quantization")), None)
+    if quant:
+        console.print(f"INT8 setting chosen on this machine: [bold]{quant['chosen']['label']}[/] ({_int8_line(quant)})")
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if result.script is not None:
+        err_console.print(
+            f"[yellow]TensorRT engines are built on the target:[/] copy {result.script.parent} to the device and run "
+            f"./{result.script.name} (engines are tied to the GPU + TensorRT version that built them).",
+            highlight=False,
+        )
+
+
+def _int8_line(quant: dict) -> str:
+    chosen, fp32 = quant["chosen"], quant["fp32"]
+    batch = chosen["batch"]
+    return (
+        f"{chosen['latency_ms_batch']:.2f} ms vs FP32 {fp32['latency_ms_batch']:.2f} ms at batch {batch}, "
+        f"agreement with FP32 {chosen['agree_fp32']:.2%}"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,94 @@
+"""`eikd-edge validate RUN`: every exported artifact vs the PyTorch student and the teacher, with a label-free gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from eikd_edge.console import console, err_console
+from eikd_edge.errors import EikdError, GateFailed
+from eikd_edge.run import RunPaths
+from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, ValidationResult, validate_run
+
+STATUS_STYLE = {"ok": "[green]ok[/]", "failed_gate": "[red]failed gate[/]", "failed": "[red]failed[/]"}
+
+
+def validate(
+    run: Annotated[Path, typer.Argument(help="Run folder with an export/ folder (see `eikd-edge export`).")],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Field images to compare on (default: the run's holdout slice).")
+    ] = None,
+    gate: Annotated[
+        float, typer.Option("--gate", help="Min top-1 agreement with the FP32 PyTorch student.")
+    ] = DEFAULT_GATE,
+    val: Annotated[
+        Path | None, typer.Option("--val", help="Labeled ImageFolder: adds true top-1 per artifact.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many field images.")] = MAX_IMAGES,
+    threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+) -> None:
+    """Parity of every artifact; exit code 2 when one fails the gate."""
+    if not 0.0 < gate <= 1.0:
+        raise EikdError(f"--gate must be in (0, 1], got {gate}")
+    result = validate_run(RunPaths(run), images, gate, val, threads, limit)
+    _print(result)
+    if result.failed:
+        names = ", ".join(f"{c.name} ({c.reason})" for c in result.failed)
+        raise GateFailed(f"{len(result.failed)} artifact(s) failed validation: {names}")
+
+
+def _print(result: ValidationResult) -> None:
+    summary = result.summary
+    images = summary["images"]
+    has_val = result.reference.val is not None
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=f"Parity on {images['n']} {images['source']} images, gate {result.gate:.1%}",
+        caption="agree S / T: top-1 agreement with the FP32 PyTorch student / the teacher; flips: top-1 changed vs "
+        "the student; Δprob, Δlogit: largest |difference| in softmax and logits; top-1: accuracy on --val",
+    )
+    columns = ("artifact", "agree S", "agree T", "flips", "Δprob", "Δlogit")
+    for column in (*columns, *(("top-1",) if has_val else ()), "status"):
+        table.add_column(column, justify="left" if column in ("artifact", "status") else "right", no_wrap=True)
+    val_cell = (lambda value: (_pct(value),)) if has_val else (lambda value: ())
+    student = summary["student"]
+    table.add_row("student", "-", _pct(student["agree_teacher"]), "-", "-", "-", *val_cell(student["top1"]), "ref")
+    if has_val:
+        table.add_row("teacher", "-", "-", "-", "-", "-", _pct(summary["teacher"]["top1"]), "ref")
+    for check in result.checks:
+        p = check.parity
+        cells = ("-",) * 5
+        if p is not None:
+            cells = (
+                _pct(p.agree_student),
+                _pct(p.agree_teacher),
+                _pct(p.flip_rate),
+                _sci(p.max_abs_dprob),
+                _sci(p.max_abs_dlogit),
+            )
+        status = STATUS_STYLE.get(check.status, f"[dim]{check.status}[/]")
+        table.add_row(check.name, *cells, *val_cell(p.top1 if p else None), status)
+    console.print(table)
+    for check in result.checks:
+        if check.reason:
+            console.print(f"  {check.name}: {check.reason}", highlight=False)
+    for note in result.reference.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"written: {result.path} and export.json parity", highlight=False)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _sci(value: float) -> str:
+    return f"{value:.1e}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(validate)

@@ -1,0 +1,1 @@
+"""Export a run's student to deployable artifacts (ONNX, ONNX Runtime INT8, TensorRT) with build records."""

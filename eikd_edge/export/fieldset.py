@@ -1,0 +1,126 @@
+"""Real field images for calibration and parity, taken from the run's selection manifest (never random tensors)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eikd_edge.data import DecodeReport, iter_decoded, scan_images
+from eikd_edge.errors import EikdError
+from eikd_edge.models.spec import InputSpec
+from eikd_edge.run import RunPaths, read_json
+
+
+@dataclass(frozen=True)
+class FieldImages:
+    """Decoded uint8 NCHW images, where they came from, and the teacher's predicted class when known."""
+
+    images: torch.Tensor
+    paths: list[str]
+    source: str
+    predicted: list[str | None]
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def read_manifest(run: RunPaths) -> tuple[Path, list[dict[str, Any]]]:
+    """The pool root and the manifest entries of selection.json."""
+    data = read_json(run.selection, "selection manifest")
+    root = data.get("pool", {}).get("root")
+    manifest = data.get("manifest")
+    if not root or not isinstance(manifest, list):
+        raise EikdError(f"{run.selection} has no pool.root or manifest; re-run `eikd-edge select`/`distill`")
+    return Path(root), [e for e in manifest if isinstance(e, dict) and "path" in e]
+
+
+def stratified(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Round-robin over predicted classes (best score first within each) so every class is represented."""
+    if len(entries) <= limit:
+        return list(entries)
+    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        by_class[str(entry.get("predicted"))].append(entry)
+    queues = [sorted(v, key=lambda e: -float(e.get("score") or 0.0)) for _, v in sorted(by_class.items())]
+    picked: list[dict[str, Any]] = []
+    depth = 0
+    while len(picked) < limit:
+        for queue in queues:
+            if depth < len(queue) and len(picked) < limit:
+                picked.append(queue[depth])
+        depth += 1
+    return picked
+
+
+def calibration_entries(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Selected training images (the holdout stays unseen for parity); all selected ones if there is no split."""
+    selected = [e for e in entries if e.get("selected")]
+    train = [e for e in selected if e.get("split") != "holdout"]
+    return stratified(train or selected, limit)
+
+
+def parity_entries(entries: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str]:
+    """The holdout slice when there is one, else the selected images."""
+    holdout = [e for e in entries if e.get("split") == "holdout"]
+    if holdout:
+        return stratified(holdout, limit), "holdout"
+    return stratified([e for e in entries if e.get("selected")], limit), "selected"
+
+
+def decode_entries(
+    root: Path, entries: list[dict[str, Any]], spec: InputSpec, source: str, run: RunPaths
+) -> FieldImages:
+    if not entries:
+        raise EikdError(f"{run.selection} lists no {source} images; pass --images DIR")
+    if not root.is_dir():
+        raise EikdError(f"the run's field-image folder {root} is gone (run moved?); pass --images DIR")
+    paths = [root / str(e["path"]) for e in entries]
+    images, kept = _decode(paths, spec, root, source)
+    return FieldImages(
+        images,
+        [str(entries[i]["path"]) for i in kept],
+        source,
+        [entries[i].get("predicted") for i in kept],
+        len(entries) - len(kept),
+    )
+
+
+def run_field_images(run: RunPaths, spec: InputSpec, purpose: str, limit: int) -> FieldImages:
+    """`purpose` is "calibration" (selected train images) or "parity" (holdout, else selected)."""
+    root, entries = read_manifest(run)
+    if purpose == "calibration":
+        return decode_entries(root, calibration_entries(entries, limit), spec, "selected", run)
+    chosen, source = parity_entries(entries, limit)
+    return decode_entries(root, chosen, spec, source, run)
+
+
+def folder_images(folder: Path, spec: InputSpec, limit: int) -> FieldImages:
+    """Every image under a folder (evenly thinned to `limit`), e.g. for `validate --images DIR`."""
+    paths = scan_images(folder)
+    if not paths:
+        raise EikdError(f"no images found under {folder}")
+    if len(paths) > limit:
+        step = len(paths) / limit
+        paths = [paths[int(i * step)] for i in range(limit)]
+    images, kept = _decode(paths, spec, folder, str(folder))
+    return FieldImages(
+        images,
+        [paths[i].relative_to(folder).as_posix() for i in kept],
+        f"folder {folder}",
+        [None] * len(kept),
+        len(paths) - len(kept),
+    )
+
+
+def _decode(paths: list[Path], spec: InputSpec, root: Path, what: str) -> tuple[torch.Tensor, list[int]]:
+    report = DecodeReport()
+    batches = list(iter_decoded(paths, spec.input_size, 256, report, root))
+    if not batches:
+        raise EikdError(f"none of the {len(paths)} {what} images could be decoded (e.g. {report.summary(3)})")
+    kept = [i for batch in batches for i in batch.indices]
+    return torch.cat([b.images for b in batches]), kept

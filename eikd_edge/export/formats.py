@@ -1,0 +1,54 @@
+"""The formats table (Ultralytics-style): one row per artifact drives export, validate and bench alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from eikd_edge.errors import EikdError
+
+
+@dataclass(frozen=True)
+class Format:
+    """An artifact kind: its export.json key, file (relative to RUN/export, or RUN for the student), how it runs."""
+
+    name: str
+    file: str
+    precision: str  # fp32 | fp16 | int8
+    backend: str  # torch | onnxruntime | tensorrt
+    exported: bool = True  # False for the PyTorch student, which is the reference, not an export
+
+    def path(self, run_root: Path) -> Path:
+        return run_root / "export" / self.file if self.exported else run_root / self.file
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("pytorch", "student.pt", "fp32", "torch", exported=False),
+    Format("onnx", "student.onnx", "fp32", "onnxruntime"),
+    Format("onnx-int8", "student.int8.onnx", "int8", "onnxruntime"),
+    Format("trt-fp32", "student.engine", "fp32", "tensorrt"),
+    Format("trt-fp16", "student.fp16.engine", "fp16", "tensorrt"),
+    Format("trt-int8", "student.int8.engine", "int8", "tensorrt"),
+)
+
+# Auxiliary files (not artifacts of their own) that export writes beside the artifacts.
+TRT_QDQ_ONNX = "student.int8.trt.onnx"  # symmetric S8 QDQ model: TensorRT explicit quantization source
+CALIBRATION_CACHE = "calibration.cache"
+TIMING_CACHE = "timing.cache"
+BUILD_SCRIPT = "build_engine.sh"
+
+
+def get_format(name: str) -> Format:
+    for fmt in FORMATS:
+        if fmt.name == name:
+            return fmt
+    raise EikdError(f"unknown artifact {name!r}; known: {', '.join(f.name for f in FORMATS)}")
+
+
+def trt_format(precision: str) -> Format:
+    return get_format(f"trt-{precision}")
+
+
+def build_record_path(engine: Path) -> Path:
+    """student.fp16.engine -> student.fp16.engine.json (the record that ties an engine to its GPU + TensorRT)."""
+    return engine.with_name(engine.name + ".json")

@@ -1,0 +1,262 @@
+"""The export stage: build the requested artifacts of a run, parity-test each, and merge them into export.json.
+
+One artifact failing never stops the others (each gets a status and a reason, as in Ultralytics' export table).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eikd_edge.checkpoint import StudentCheckpoint, load_student
+from eikd_edge.data import normalize
+from eikd_edge.errors import EikdError
+from eikd_edge.export import onnx as onnx_export
+from eikd_edge.export import tensorrt as trt_export
+from eikd_edge.export import trt_script
+from eikd_edge.export.fieldset import folder_images, run_field_images
+from eikd_edge.export.formats import BUILD_SCRIPT, CALIBRATION_CACHE, TRT_QDQ_ONNX, get_format, trt_format
+from eikd_edge.export.quantize import choose_int8, quantize_for_tensorrt
+from eikd_edge.export.record import merge_record, read_record, status_for
+from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
+from eikd_edge.models.teacher import file_sha256
+from eikd_edge.run import RunPaths
+from eikd_edge.runtime import OnnxPredictor, TensorRTPredictor
+from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, Reference, parity, reference_outputs
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    onnx: bool = False
+    int8: bool = False
+    trt_precisions: tuple[str, ...] = ()
+    target: str = DEFAULT_TARGET
+    opset: int | None = None
+    exporter: str = "auto"
+    gate: float = DEFAULT_GATE
+    calib_images: int = 256
+    threads: int = 0
+    latency_budget_s: float = 1.0
+    images: Path | None = None  # a folder of field images, when the run's pool folder is not at hand
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    status: str  # ok | failed_gate | failed | on_device
+    reason: str | None
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    outcomes: list[Outcome]
+    target: Target
+    record_path: Path
+    script: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Context:
+    run: RunPaths
+    ckpt: StudentCheckpoint
+    target: Target
+    request: ExportRequest
+    ref: Reference
+    _calib: np.ndarray | None = None
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        return (3, *self.ckpt.spec.input_size)
+
+    def calibration(self) -> np.ndarray:
+        """Normalised, class-stratified selected field images (decoded once, shared by every INT8 path)."""
+        if self._calib is None:
+            limit, spec = self.request.calib_images, self.ckpt.spec
+            if self.request.images is not None:
+                images = folder_images(self.request.images, spec, limit)
+            else:
+                images = run_field_images(self.run, spec, "calibration", limit)
+            self._calib = normalize(images.images, spec).numpy()
+        return self._calib
+
+
+def export_run(root: Path, request: ExportRequest) -> ExportResult:
+    run = RunPaths(Path(root))
+    if not run.root.is_dir():
+        raise EikdError(f"run folder not found: {run.root}")
+    target = load_target(request.target)
+    if request.trt_precisions and target.backend != "tensorrt":
+        raise EikdError(f"target {target.name} runs ONNX Runtime, not TensorRT; pick a TensorRT --target for --trt")
+    ckpt = load_student(run.student)
+    run.export_dir.mkdir(parents=True, exist_ok=True)
+    if request.images is not None:
+        images = folder_images(request.images, ckpt.spec, MAX_IMAGES)
+    else:
+        images = run_field_images(run, ckpt.spec, "parity", MAX_IMAGES)
+    ctx = _Context(run, ckpt, target, request, reference_outputs(run, ckpt, images))
+    outcomes: list[Outcome] = []
+    onnx_path = get_format("onnx").path(run.root)
+    if request.onnx or not onnx_path.is_file() or _stale(onnx_path, ckpt):
+        outcomes.append(_guarded(ctx, "onnx", lambda: _build_onnx(ctx, onnx_path)))
+        ctx.ref.notes.extend(_stale_dependents(run, request))
+    if not onnx_path.is_file():
+        dependents = (["onnx-int8"] if request.int8 else []) + [trt_format(p).name for p in request.trt_precisions]
+        outcomes += [_guarded(ctx, name, _needs_onnx) for name in dependents]
+        return ExportResult(outcomes, target, run.export_record, None, ctx.ref.notes)
+    if request.int8:
+        outcomes.append(_guarded(ctx, "onnx-int8", lambda: _build_int8(ctx, onnx_path)))
+    on_device: dict[str, dict[str, Any]] = {}
+    reason = trt_export.unavailable_reason()
+    for precision in request.trt_precisions:
+        name = trt_format(precision).name
+        if reason is None:
+            outcomes.append(_guarded(ctx, name, lambda p=precision: _build_engine(ctx, onnx_path, p)))
+        else:
+            on_device[name] = {"precision": precision, "engine": trt_format(precision).file, "reason": reason}
+    script = _write_script(ctx, on_device) if on_device else None
+    for name, info in on_device.items():
+        outcomes.append(Outcome(name, "on_device", f"{info['reason']}: build on the device with {BUILD_SCRIPT}", info))
+    return ExportResult(outcomes, target, run.export_record, script, ctx.ref.notes)
+
+
+def _stale_dependents(run: RunPaths, request: ExportRequest) -> list[str]:
+    """Artifacts built from the previous student.onnx that this call does not rebuild."""
+    rebuilt = (
+        {"onnx"} | ({"onnx-int8"} if request.int8 else set()) | {trt_format(p).name for p in request.trt_precisions}
+    )
+    existing = read_record(run)["artifacts"]
+    return [
+        f"{name} was built from the previous student.onnx; export it again"
+        for name in existing
+        if name not in rebuilt and existing[name].get("status") != "failed"
+    ]
+
+
+def _needs_onnx() -> dict[str, Any]:
+    raise EikdError("needs student.onnx, which could not be built")
+
+
+def _stale(onnx_path: Path, ckpt: StudentCheckpoint) -> bool:
+    """An ONNX exported from another student.pt must not be quantized or built into an engine."""
+    try:
+        return onnx_export.read_metadata(onnx_path).get("source_checkpoint_sha256") != file_sha256(ckpt.path)
+    except Exception:
+        return True
+
+
+def _guarded(ctx: _Context, name: str, build: Callable[[], dict[str, Any]]) -> Outcome:
+    """Build one artifact; any failure becomes a 'failed' entry with its reason instead of stopping the others."""
+    fmt = get_format(name)
+    start = time.perf_counter()
+    try:
+        entry = build()
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = message if isinstance(exc, EikdError) else f"{type(exc).__name__}: {message}"[:300]
+        entry = {
+            "path": fmt.file,
+            "precision": fmt.precision,
+            "backend": fmt.backend,
+            "build_s": round(time.perf_counter() - start, 3),
+            "status": "failed",
+            "reason": reason,
+        }
+    merge_record(ctx.run, replace={name: entry}, top={"target": ctx.target.name})
+    return Outcome(name, entry["status"], entry.get("reason"), entry)
+
+
+def _entry(ctx: _Context, name: str, path: Path, build_s: float, opset: int, logits: np.ndarray) -> dict[str, Any]:
+    fmt = get_format(name)
+    result = parity(logits, ctx.ref, ctx.request.gate).to_dict()
+    status = status_for(result)
+    return {
+        "path": fmt.file,
+        "size_bytes": path.stat().st_size,
+        "precision": fmt.precision,
+        "backend": fmt.backend,
+        "opset": opset,
+        "input_shape": ["batch", *ctx.chw],
+        "build_s": round(build_s, 3),
+        "status": status,
+        "reason": None if status == "ok" else f"top-1 agreement {result['agree_student']:.4f} < gate {result['gate']}",
+        "parity": result,
+    }
+
+
+def _onnx_logits(ctx: _Context, path: Path, name: str) -> np.ndarray:
+    predictor = OnnxPredictor(path, ctx.ckpt.spec, device="cpu", threads=ctx.request.threads, name=name)
+    return predictor.predict_logits(ctx.ref.images.images)
+
+
+def _build_onnx(ctx: _Context, path: Path) -> dict[str, Any]:
+    opset = ctx.request.opset or ctx.target.opset
+    built = onnx_export.export_onnx(ctx.ckpt, path, opset=opset, exporter=ctx.request.exporter)
+    entry = _entry(ctx, "onnx", path, built.build_s, built.opset, _onnx_logits(ctx, path, "onnx"))
+    entry.update(exporter=built.exporter, self_check_max_abs_dlogit=built.self_check_max_abs_dlogit)
+    entry["source_sha256"] = file_sha256(ctx.ckpt.path)
+    return entry
+
+
+def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
+    path = get_format("onnx-int8").path(ctx.run.root)
+    evaluation = normalize(ctx.ref.images.images, ctx.ckpt.spec).numpy()
+    result = choose_int8(
+        onnx_path,
+        path,
+        ctx.calibration(),
+        evaluation,
+        ctx.request.gate,
+        batch=ctx.target.batch.opt,
+        threads=ctx.request.threads,
+        budget_s=ctx.request.latency_budget_s,
+    )
+    entry = _entry(ctx, "onnx-int8", path, result.build_s, _opset(path), _onnx_logits(ctx, path, "onnx-int8"))
+    entry.update(quantization=result.record(), source="student.onnx")
+    return entry
+
+
+def _build_engine(ctx: _Context, onnx_path: Path, precision: str) -> dict[str, Any]:
+    fmt = trt_format(precision)
+    path = fmt.path(ctx.run.root)
+    calib = ctx.calibration() if precision == "int8" else None
+    record = trt_export.build_engine(onnx_path, path, precision, ctx.target, ctx.chw, calib)
+    logits = TensorRTPredictor(path, ctx.ckpt.spec, name=fmt.name).predict_logits(ctx.ref.images.images)
+    entry = _entry(ctx, fmt.name, path, record["build_s"], _opset(onnx_path), logits)
+    entry.update(target=ctx.target.name, build_record=path.name + ".json", tensorrt_version=record["tensorrt_version"])
+    return entry
+
+
+def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path:
+    """build_engine.sh for the target; INT8 uses the TensorRT calibration cache if one exists, else a QDQ model."""
+    precisions = [info["precision"] for info in on_device.values()]
+    qdq: str | None = None
+    if "int8" in precisions and not (ctx.run.export_dir / CALIBRATION_CACHE).is_file():
+        qdq_path = quantize_for_tensorrt(
+            get_format("onnx").path(ctx.run.root), ctx.run.export_dir / TRT_QDQ_ONNX, ctx.calibration()
+        )
+        qdq = qdq_path.name
+        on_device["trt-int8"]["qdq_onnx"] = qdq
+        on_device["trt-int8"]["qdq_parity_onnxruntime"] = parity(
+            _onnx_logits(ctx, qdq_path, qdq), ctx.ref, ctx.request.gate
+        ).to_dict()
+    engines = {info["precision"]: info["engine"] for info in on_device.values()}
+    text = trt_script.build_script(ctx.target, precisions, ctx.chw, engines, qdq)
+    script = trt_script.write_build_script(ctx.run.export_dir / BUILD_SCRIPT, text)
+    for info in on_device.values():
+        info.update(script=BUILD_SCRIPT, target=ctx.target.name)
+    merge_record(ctx.run, top={"on_device": on_device, "target": ctx.target.name})
+    return script
+
+
+def _opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
