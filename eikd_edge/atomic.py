@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from eikd_edge.errors import EikdError
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
@@ -25,11 +28,48 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        full = _disk_full_cause(exc)
+        if full is not None:
+            raise DiskFull(path, full) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class DiskFull(EikdError, OSError):
+    """The disk (or quota, or file-size limit) ran out while writing; the previous file was left untouched.
+
+    An EikdError, so the CLI prints one line and exits 1; still an OSError for code that catches those.
+    """
+
+    def __init__(self, path: Path, errno_: int) -> None:
+        self.message = (
+            f"no space left writing {path} ({os.strerror(errno_)}); the previous {path.name}, if any, is intact "
+            "and no partial file was left; free some space and run the command again (distill: add --resume)"
+        )
+        OSError.__init__(self, errno_, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _disk_full_cause(exc: BaseException) -> int | None:
+    """The errno of a disk-full OSError in the exception or its chain (torch wraps it in a RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DiskFull):
+            return None  # already reported by an inner write_atomic
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current.errno
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _umask() -> int:

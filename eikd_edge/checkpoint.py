@@ -38,7 +38,13 @@ class StudentCheckpoint:
 
 
 def save_torch_atomic(path: Path, obj: Any) -> Path:
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through a Python file, so a full disk surfaces as its OSError (ENOSPC), not an opaque C++ error."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return write_atomic(path, write)
 
 
 def save_student(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -17,6 +21,13 @@ from eikd_edge.models.spec import InputSpec
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 64_000_000  # larger declared sizes are treated as decompression bombs
+TOO_LARGE = "too large (decompression bomb?)"
+# What the decoder will open, whatever the file's name says: the formats of IMAGE_SUFFIXES plus GIF (often misnamed).
+# Anything else (EPS runs Ghostscript, PSD, ...) is "not an image": hostile pools do not reach exotic decoders.
+DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
+
+# Our own MAX_PIXELS check replaces PIL's warning for headers between its limit and twice it (where PIL raises).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImage(Exception):
@@ -81,35 +92,77 @@ def scan_images(root: Path) -> list[Path]:
 
 
 def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
-    """Decode to an HxWx3 uint8 array: EXIF orientation applied, shorter side resized, centre-cropped."""
+    """Decode to an HxWx3 uint8 array: EXIF orientation applied, shorter side resized, centre-cropped.
+
+    Every way a file can be unusable ends in `BadImage(reason)`; nothing else escapes except KeyboardInterrupt
+    and the like (BaseException), which must still stop the run.
+    """
+    handle = _open_regular_file(path)
     try:
-        with Image.open(path) as image:  # opening reads only the header: the size check comes before decoding
+        with handle, Image.open(handle, formats=DECODE_FORMATS) as image:
+            # Opening read only the header: the size check comes before any pixel is decoded.
             if image.width * image.height > MAX_PIXELS:
-                raise BadImage("too large (decompression bomb?)")
+                raise BadImage(TOO_LARGE)
+            if image.format == "JPEG":  # decode big JPEGs at 1/2..1/8 scale in the DCT: faster, far less memory
+                side = max(input_size)
+                image.draft(None, (side, side))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            image = _exif_transpose(image)
             rgb = _to_rgb(image)
+            array = np.asarray(resize_center_crop(rgb, input_size), dtype=np.uint8)
     except BadImage:
         raise
-    except Image.DecompressionBombError:
-        raise BadImage("too large (decompression bomb?)") from None
+    except Image.DecompressionBombError:  # PIL's own limit, hit while opening headers far above ours
+        raise BadImage(TOO_LARGE) from None
+    except Image.UnidentifiedImageError:  # empty, text, or a format we do not decode (EPS, PSD, ...)
+        raise BadImage("not an image") from None
+    except MemoryError:
+        raise BadImage(TOO_LARGE) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on hostile bytes (struct.error, IndexError...)
+        raise BadImage(f"corrupt ({type(exc).__name__})") from None
+    if array.shape != (*input_size, 3):  # defensive: a decoder that lied about its size
+        raise BadImage("corrupt (wrong size)")
+    return array
+
+
+def _open_regular_file(path: Path) -> BinaryIO:
+    """Open for reading without ever blocking (a FIFO named x.jpg) and only if it is a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
-        raise BadImage("vanished") from None
+        raise BadImage("broken symlink" if os.path.islink(path) else "vanished") from None
     except PermissionError:
         raise BadImage("unreadable (permission denied)") from None
-    except Image.UnidentifiedImageError:
-        raise BadImage("not an image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImage(f"corrupt ({type(exc).__name__})") from None
-    return np.asarray(resize_center_crop(rgb, input_size), dtype=np.uint8)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadImage("unreadable (symlink loop)") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR, errno.ENODEV):  # a socket, a folder, a device
+            raise BadImage("unreadable (not a regular file)") from None
+        raise BadImage(f"unreadable ({errno.errorcode.get(exc.errno or 0, type(exc).__name__)})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadImage("unreadable (not a regular file)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _exif_transpose(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a damaged EXIF block leaves the pixels as stored rather than losing them."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF raises struct.error, KeyError, SyntaxError, ...
+        return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        image = Image.fromarray((array / peak * 255.0).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16-bit, 32-bit int and float: full range
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(array.max()) if array.size else 0.0
+        scaled = np.clip(array * (255.0 / peak) if peak > 0 else array, 0.0, 255.0)
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -120,6 +173,11 @@ def resize_center_crop(image: Image.Image, input_size: tuple[int, int]) -> Image
     target_h, target_w = input_size
     scale = max(target_h / image.height, target_w / image.width)
     new_w, new_h = max(target_w, round(image.width * scale)), max(target_h, round(image.height * scale))
+    if new_w * new_h > max(image.width * image.height, 1 << 22):
+        # A sliver (1x60000) would be upscaled to gigabytes before the crop: resample only the centre box instead.
+        box_w, box_h = target_w / scale, target_h / scale
+        left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
+        return image.resize((target_w, target_h), Image.Resampling.BILINEAR, box=(left, top, left + box_w, top + box_h))
     if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - target_w) // 2, (new_h - target_h) // 2
@@ -166,12 +224,18 @@ def iter_decoded(
 
 
 def _display(path: Path, root: Path | None) -> str:
+    text = str(path)
     if root is not None:
         try:
-            return path.relative_to(root).as_posix()
+            text = path.relative_to(root).as_posix()
         except ValueError:
             pass
-    return str(path)
+    return display_name(text)
+
+
+def display_name(name: str) -> str:
+    """A file name safe for JSON, terminals and UTF-8 files: undecodable bytes (Linux) are shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:

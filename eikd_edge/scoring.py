@@ -12,7 +12,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from eikd_edge.checkpoint import save_torch_atomic
-from eikd_edge.data import DecodeReport, iter_decoded, normalize, scan_images
+from eikd_edge.data import DecodeReport, display_name, iter_decoded, normalize, scan_images
 from eikd_edge.distributed import DistContext, gather_objects, shard_range
 from eikd_edge.errors import EikdError
 from eikd_edge.models.teacher import TeacherModel
@@ -50,12 +50,13 @@ def pool_fingerprint(root: Path, paths: list[Path], teacher: TeacherModel) -> st
     digest = hashlib.sha256()
     digest.update(teacher.sha256.encode())
     digest.update(json.dumps(teacher.spec.to_dict(), sort_keys=True).encode())
-    for path in paths:
+    for path in paths:  # surrogateescape: file names that are not valid UTF-8 (Linux) hash as their raw bytes
         try:
             stat = path.stat()
-            digest.update(f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            line = f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n"
         except OSError:
-            digest.update(f"{path}|missing\n".encode())
+            line = f"{path}|missing\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -133,6 +134,7 @@ def _score_shard(
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 batch_logits, batch_embeddings = teacher.predict(images)
+            _check_finite(teacher, batch_logits, batch_embeddings, [paths[i] for i in batch.indices], root)
             logits.append(batch_logits.float().cpu())
             embeddings.append(batch_embeddings.float().cpu())
             indices.extend(offset + i for i in batch.indices)
@@ -146,6 +148,24 @@ def _score_shard(
         torch.cat(logits) if logits else torch.empty(0, teacher.num_classes),
         torch.cat(embeddings) if embeddings else torch.empty(0, width),
         report,
+    )
+
+
+def _check_finite(
+    teacher: TeacherModel, logits: torch.Tensor, embeddings: torch.Tensor, paths: list[Path], root: Path
+) -> None:
+    """A teacher that returns NaN/Inf on real images would poison selection and training: stop with its name."""
+    bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(embeddings).all(dim=1))
+    if not bool(bad.any()):
+        return
+    first = paths[int(bad.nonzero()[0, 0])]
+    try:
+        shown = first.relative_to(root).as_posix()
+    except ValueError:
+        shown = str(first)
+    raise EikdError(
+        f"teacher {teacher.path.name} returned NaN or Inf on {int(bad.sum())} of {len(paths)} images in a batch "
+        f"(first: {display_name(shown)}); check its weights and the mean/std/input size in its spec"
     )
 
 

@@ -19,6 +19,9 @@ from eikd_edge.models.taps import widen_classifier
 from eikd_edge.models.zoo import build_model
 
 FORMATS = ("torchscript", "torch.export", "state_dict", "checkpoint", "pickle")
+ACCEPTED = (
+    "TorchScript, a torch.export .pt2, a state_dict with --teacher-arch, or a pickled nn.Module with --trust-pickle"
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,10 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # the weights-only unpickler met bytes, not a forbidden class
-            raise EikdError(f"{path.name} is not a model eikd-edge can read (damaged or not a PyTorch file)") from None
+            raise EikdError(
+                f"{path.name} is not a model eikd-edge can read (damaged or not a PyTorch file{_foreign_hint(path)}); "
+                f"expected {ACCEPTED}"
+            ) from None
         if not trust_pickle:
             raise EikdError(
                 f"{path.name} is a pickled Python object, and unpickling runs code from the file; "
@@ -135,12 +141,29 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
         obj = _load_trusted_pickle(path, exc)
     except Exception as exc:
         raise EikdError(
-            f"{path.name} is not a model eikd-edge can read ({type(exc).__name__}); expected TorchScript, "
-            "a torch.export .pt2, a state_dict with --teacher-arch, or a pickled nn.Module with --trust-pickle"
+            f"{path.name} is not a model eikd-edge can read ({type(exc).__name__}{_foreign_hint(path)}); "
+            f"expected {ACCEPTED}"
         ) from None
     if isinstance(obj, nn.Module):
         return obj.eval(), "pickle"
     return _module_from_state(obj, path, arch, num_classes)
+
+
+_FOREIGN = {
+    ".onnx": "ONNX",
+    ".engine": "TensorRT",
+    ".plan": "TensorRT",
+    ".tflite": "TFLite",
+    ".pb": "TensorFlow",
+    ".h5": "Keras",
+    ".keras": "Keras",
+    ".safetensors": "safetensors",
+}
+
+
+def _foreign_hint(path: Path) -> str:
+    kind = _FOREIGN.get(path.suffix.lower())
+    return f"; a {kind} file? give the PyTorch model it came from" if kind else ""
 
 
 def _load_trusted_pickle(path: Path, _original: Exception) -> Any:

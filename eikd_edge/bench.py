@@ -1,0 +1,412 @@
+"""Latency and throughput of every artifact of a run (and the teacher, for reference), per backend and batch size.
+
+What is timed is what an application sees: uint8 field images in, logits out, host to host and synchronous, with
+preprocessing included. Statistics are outlier-robust (median and tail percentiles) with mean ± std beside them, and
+a per-measurement time budget stops a slow backend from stalling the whole run (the number of iterations that ran is
+recorded). Torch on CUDA also gets device compute time from CUDA events.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from eikd_edge import __version__
+from eikd_edge.atomic import write_json_atomic
+from eikd_edge.checkpoint import load_student
+from eikd_edge.errors import EikdError
+from eikd_edge.export.fieldset import run_field_images
+from eikd_edge.export.formats import FORMATS, Format
+from eikd_edge.export.record import read_record
+from eikd_edge.export.tensorrt import unavailable_reason
+from eikd_edge.run import RunPaths, load_run_teacher, read_json
+from eikd_edge.runtime import TorchPredictor, make_predictor
+
+BENCH_FILE = "bench.json"
+BACKENDS = ("torch", "ort", "ort-int8", "trt")
+EXPORT_HINT = {"ort": "--onnx", "ort-int8": "--int8", "trt": "--trt"}
+
+
+class LatencyStats(BaseModel):
+    """Milliseconds per call over the timed iterations."""
+
+    model_config = ConfigDict(extra="forbid")
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+class BenchRow(BaseModel):
+    """One model on one backend at one batch size; `status` is "ok", "skipped: why" or "failed: why"."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str  # an artifact name from the formats table, or "teacher"
+    backend: str  # torch | ort | ort-int8 | trt
+    precision: str
+    batch: int | None
+    status: str
+    device: str | None = None
+    threads: int | None = None
+    warmup: int = 0
+    iters: int = 0
+    iters_requested: int = 0
+    budget_exhausted: bool = False
+    elapsed_s: float = 0.0
+    latency_ms: LatencyStats | None = None
+    device_ms: LatencyStats | None = None  # device compute only, where the backend exposes it
+    images_per_s: float | None = None
+    size_bytes: int | None = None
+    agree_teacher: float | None = None
+    agree_student: float | None = None
+    top1: float | None = None
+    gate_passed: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class BenchResult(BaseModel):
+    """RUN/bench.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    created_with: str
+    created_at: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    images: dict[str, Any]
+    rows: list[BenchRow]
+
+    def speedups(self, reference: str = "pytorch") -> dict[tuple[str, int], float]:
+        """p50 speed-up of every measured row over the PyTorch eager student at the same batch size."""
+        base = {r.batch: r.latency_ms.p50 for r in self.rows if r.model == reference and r.ok and r.latency_ms}
+        return {
+            (r.model, r.batch): base[r.batch] / r.latency_ms.p50
+            for r in self.rows
+            if r.ok and r.latency_ms and r.batch in base and r.latency_ms.p50 > 0
+        }
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batches: tuple[int, ...] = (1, 8, 32)
+    backends: tuple[str, ...] = BACKENDS
+    warmup: int = 20
+    iters: int = 200
+    budget_s: float = 30.0  # per model and batch size, warm-up included
+    threads: int = 0  # 0: the library's default
+    device: str = "auto"  # auto | cpu | cuda
+    teacher: bool = True
+
+
+@dataclass(frozen=True)
+class Timing:
+    samples_s: list[float]
+    warmup: int
+    budget_exhausted: bool
+    elapsed_s: float
+
+
+def time_calls(
+    call: Callable[[], Any], warmup: int, iters: int, budget_s: float, clock: Callable[[], float] = time.perf_counter
+) -> Timing:
+    """Warm up, then time `iters` calls; stop early once `budget_s` is spent (at least one timed call always runs)."""
+    start = clock()
+    deadline = start + budget_s
+    warm = 0
+    while warm < warmup and clock() < deadline:
+        call()
+        warm += 1
+    samples: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a collection in the middle of a call is the harness's noise, not the model's
+    try:
+        while len(samples) < iters and (not samples or clock() < deadline):
+            t0 = clock()
+            call()
+            samples.append(clock() - t0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing(samples, warm, len(samples) < iters, clock() - start)
+
+
+def latency_stats(samples_s: list[float]) -> LatencyStats:
+    ms = np.asarray(samples_s, dtype=np.float64) * 1000.0
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return LatencyStats(
+        p50=float(p50),
+        p90=float(p90),
+        p99=float(p99),
+        mean=float(ms.mean()),
+        std=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+        min=float(ms.min()),
+        max=float(ms.max()),
+    )
+
+
+def backend_of(fmt: Format) -> str:
+    """The bench name of a formats-table row: torch, ort, ort-int8 or trt."""
+    if fmt.backend == "onnxruntime":
+        return "ort-int8" if fmt.precision == "int8" else "ort"
+    return "trt" if fmt.backend == "tensorrt" else "torch"
+
+
+class _TeacherLogits(torch.nn.Module):
+    """The teacher as a plain classifier on normalised images at the student's size (resized to its own)."""
+
+    def __init__(self, teacher: Any) -> None:
+        super().__init__()
+        self.module, self.num_classes, self.size = teacher.module, teacher.num_classes, tuple(teacher.spec.input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.size:  # bilinear resampling commutes with the per-channel normalisation
+            x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True)
+        return self.module(x).float()[:, : self.num_classes]
+
+    def train(self, mode: bool = True) -> _TeacherLogits:
+        """The teacher stays as loaded (eval); torch.export programs refuse a mode switch anyway."""
+        return self
+
+
+def measure(
+    predictor: Any, images: torch.Tensor, batch: int, options: BenchOptions
+) -> tuple[Timing, LatencyStats | None]:
+    """Host-to-host timing of one predictor at one batch size, plus CUDA-event compute time for torch on a GPU."""
+    tiled = images[torch.arange(batch) % len(images)].contiguous()
+    predictor.batch_size = max(getattr(predictor, "batch_size", batch), batch)  # one call = one inference
+    timing = time_calls(lambda: predictor.predict_logits(tiled), options.warmup, options.iters, options.budget_s)
+    device_ms = None
+    if isinstance(predictor, TorchPredictor) and predictor.device.type == "cuda":
+        device_ms = _cuda_compute(predictor, tiled, len(timing.samples_s))
+    return timing, device_ms
+
+
+@torch.inference_mode()
+def _cuda_compute(predictor: TorchPredictor, images: torch.Tensor, iters: int) -> LatencyStats:
+    from eikd_edge.data import normalize
+
+    x = normalize(images.to(predictor.device), predictor.spec)
+    samples = []
+    for _ in range(max(iters, 1)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        predictor.model(x)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1000.0)
+    return latency_stats(samples)
+
+
+def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
+    """Measure every requested backend that the run has; write RUN/bench.json atomically."""
+    if not run.root.is_dir():
+        raise EikdError(f"run folder not found: {run.root}")
+    _check(options)
+    ckpt = load_student(run.student)
+    images = run_field_images(run, ckpt.spec, "parity", max(options.batches))
+    device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    quality = _quality(run)
+    rows: list[BenchRow] = []
+    previous_threads = torch.get_num_threads()
+    if options.threads > 0:
+        torch.set_num_threads(options.threads)
+    try:
+        if options.teacher and "torch" in options.backends:
+            rows += _teacher_rows(run, ckpt.spec, images.images, device, options, quality)
+        for backend in options.backends:
+            rows += _backend_rows(run, backend, ckpt, images.images, device, options, quality)
+    finally:
+        torch.set_num_threads(previous_threads)
+    result = BenchResult(
+        created_with=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=machine_info(),
+        settings={k: list(v) if isinstance(v, tuple) else v for k, v in options.__dict__.items()},
+        images={"source": images.source, "n": len(images), "tiled_to_batch": True},
+        rows=rows,
+    )
+    write_json_atomic(run.root / BENCH_FILE, result.model_dump(mode="json"))
+    return result
+
+
+def _check(options: BenchOptions) -> None:
+    unknown = [b for b in options.backends if b not in BACKENDS]
+    if unknown:
+        raise EikdError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    if not options.batches or min(options.batches) < 1:
+        raise EikdError("--batch takes positive batch sizes, e.g. 1,8,32")
+    if options.iters < 1 or options.warmup < 0 or options.budget_s <= 0:
+        raise EikdError("--iters must be >= 1, --warmup >= 0 and --budget-s > 0")
+    if options.device not in ("auto", "cpu", "cuda"):
+        raise EikdError(f"--device must be auto, cpu or cuda, got {options.device!r}")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise EikdError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+
+
+def _backend_rows(
+    run: RunPaths, backend: str, ckpt: Any, images: torch.Tensor, device: str, options: BenchOptions, quality: dict
+) -> list[BenchRow]:
+    formats = [f for f in FORMATS if backend_of(f) == backend]
+    precision = "/".join(f.precision for f in formats)
+    if backend == "trt" and (why := unavailable_reason()):
+        return [BenchRow(model="trt-*", backend=backend, precision=precision, batch=None, status=f"skipped: {why}")]
+    present = [f for f in formats if f.path(run.root).is_file()]
+    if not present:
+        hint = f"eikd-edge export {run.root} {EXPORT_HINT.get(backend, '')}".rstrip()
+        name = formats[0].name if len(formats) == 1 else f"{backend}-*"
+        return [BenchRow(model=name, backend=backend, precision=precision, batch=None, status=f"skipped: not exported ({hint})")]
+    rows = []
+    for fmt in present:
+        info = {"model": fmt.name, "backend": backend, "precision": fmt.precision, **quality.get(fmt.name, {})}
+        info["size_bytes"] = fmt.path(run.root).stat().st_size
+        try:
+            if fmt.backend == "torch":
+                predictor: Any = TorchPredictor(ckpt.model, ckpt.spec, device)
+            else:
+                predictor = make_predictor(fmt, run.root, ckpt.spec, threads=options.threads, device=device)
+        except Exception as exc:  # one artifact that cannot load must not stop the others
+            rows.append(BenchRow(**info, batch=None, status=f"failed: {_why(exc)}"))
+            continue
+        rows += _measure_rows(predictor, images, options, info, _device_of(predictor, device))
+    return rows
+
+
+def _teacher_rows(
+    run: RunPaths, spec: Any, images: torch.Tensor, device: str, options: BenchOptions, quality: dict
+) -> list[BenchRow]:
+    info: dict[str, Any] = {"model": "teacher", "backend": "torch", "precision": "fp32", **quality.get("teacher", {})}
+    try:
+        teacher = load_run_teacher(run)
+        info["size_bytes"] = Path(teacher.path).stat().st_size
+        predictor = TorchPredictor(_TeacherLogits(teacher), teacher.spec, device)
+    except (EikdError, OSError) as exc:
+        return [BenchRow(**info, batch=None, status=f"skipped: teacher not available ({_why(exc)})")]
+    return _measure_rows(predictor, images, options, info, device)
+
+
+def _measure_rows(
+    predictor: Any, images: torch.Tensor, options: BenchOptions, info: dict[str, Any], device: str
+) -> list[BenchRow]:
+    rows = []
+    for batch in options.batches:
+        try:
+            timing, device_ms = measure(predictor, images, batch, options)
+        except Exception as exc:
+            rows.append(BenchRow(**info, batch=batch, device=device, status=f"failed: {_why(exc)}"))
+            continue
+        stats = latency_stats(timing.samples_s)
+        rows.append(
+            BenchRow(
+                **info,
+                batch=batch,
+                status="ok",
+                device=device,
+                threads=_threads(predictor, options),
+                warmup=timing.warmup,
+                iters=len(timing.samples_s),
+                iters_requested=options.iters,
+                budget_exhausted=timing.budget_exhausted,
+                elapsed_s=round(timing.elapsed_s, 4),
+                latency_ms=stats,
+                device_ms=device_ms,
+                images_per_s=batch * len(timing.samples_s) / sum(timing.samples_s),
+            )
+        )
+    return rows
+
+
+def _quality(run: RunPaths) -> dict[str, dict[str, Any]]:
+    """Agreement, top-1 and gate per model, from export.json parity, else validate.json, else metrics.json."""
+    validated = _optional_json(run.root / "validate.json")
+    metrics = _optional_json(run.metrics)
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in read_record(run)["artifacts"].items():
+        parity = entry.get("parity") or ((validated.get("artifacts") or {}).get(name) or {}).get("parity") or {}
+        out[name] = {
+            "agree_teacher": parity.get("agree_teacher"),
+            "agree_student": parity.get("agree_student"),
+            "top1": parity.get("top1"),
+            "gate_passed": parity.get("passed"),
+        }
+    student = validated.get("student") or {}
+    out["pytorch"] = {
+        "agree_teacher": student.get("agree_teacher", (metrics.get("agreement") or {}).get("top1")),
+        "agree_student": 1.0,
+        "top1": student.get("top1", (metrics.get("student") or {}).get("top1")),
+    }
+    teacher_top1 = (validated.get("teacher") or {}).get("top1") or (metrics.get("teacher") or {}).get("top1")
+    out["teacher"] = {"agree_teacher": 1.0, "top1": teacher_top1}
+    return out
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    try:
+        return read_json(path, path.name) if path.is_file() else {}
+    except EikdError:
+        return {}
+
+
+def _device_of(predictor: Any, device: str) -> str:
+    providers = getattr(predictor, "providers", None)
+    if providers is not None:
+        return "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+    return "cuda" if type(predictor).__name__ == "TensorRTPredictor" else device
+
+
+def _threads(predictor: Any, options: BenchOptions) -> int:
+    if isinstance(predictor, TorchPredictor):
+        return torch.get_num_threads()
+    return options.threads or cpu_count()
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_info() -> dict[str, Any]:
+    """Enough to tell two bench.json files apart: CPU, cores, library versions, GPU."""
+    import onnxruntime
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_count": cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "onnxruntime": onnxruntime.__version__,
+        "ort_providers": onnxruntime.get_available_providers(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,318 @@
+"""The Report: everything a run folder knows, gathered once into one validated object.
+
+Building (this module) reads files and runs models; the render_* modules only turn a Report into text, so every
+output format shows the same numbers. report.json is `Report.model_dump` and validates back into a Report.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from eikd_edge import __version__
+from eikd_edge.atomic import write_json_atomic, write_text_atomic
+from eikd_edge.bench import BENCH_FILE, BenchResult
+from eikd_edge.checkpoint import load_student
+from eikd_edge.errors import EikdError
+from eikd_edge.export.formats import FORMATS
+from eikd_edge.export.record import read_record
+from eikd_edge.models.zoo import count_macs, count_parameters
+from eikd_edge.report.confusion import ConfusionSection, build_confusion
+from eikd_edge.run import RunPaths, read_json, read_resolved
+
+SCHEMA = "eikd-edge/report"
+SECTIONS = {
+    "headline": "Headline",
+    "selection": "Selection",
+    "training": "Training",
+    "validation": "Validation",
+    "benchmark": "Benchmark",
+    "confusion": "Confusion matrices",
+    "images": "Field images",
+}
+THUMBS = 8  # per group
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassRow(_Strict):
+    name: str
+    candidates: int
+    quota: int | None
+    selected: int
+    deficit: int
+
+
+class Thumb(_Strict):
+    group: str  # most_confident | least_confident | rejected
+    path: str  # relative to the pool root
+    predicted: str | None
+    confidence: float | None
+
+
+class SelectionSection(_Strict):
+    method: str | None
+    pool: dict[str, Any]
+    selected: int
+    train: int
+    holdout: int
+    classes: list[ClassRow]
+    below_quota: list[str]
+    thumbnails: list[Thumb]
+
+
+class TrainingSection(_Strict):
+    method: str | None
+    summary: dict[str, Any]
+    best_epoch: int | None
+    history: list[dict[str, Any]]
+
+
+class SizeRow(_Strict):
+    model: str
+    params: int | None
+    macs: int | None
+    size_bytes: int | None
+    size_ratio: float | None  # teacher file size / this file size
+
+
+class QualityRow(_Strict):
+    model: str
+    precision: str | None
+    status: str | None
+    agree_teacher: float | None
+    agree_student: float | None
+    top1: float | None
+    gate: float | None
+    gate_passed: bool | None
+
+
+class SpeedRow(_Strict):
+    model: str
+    backend: str
+    precision: str
+    batch: int
+    p50_ms: float
+    images_per_s: float
+    speedup: float  # vs the PyTorch eager student at the same batch size
+
+
+class Headline(_Strict):
+    compression: list[SizeRow]
+    speed: list[SpeedRow]
+    quality: list[QualityRow]
+    validation_passed: bool | None
+    gate: float | None
+
+
+class Report(_Strict):
+    schema_id: str = SCHEMA
+    created_with: str
+    created_at: str
+    run: str
+    sections: dict[str, str] = SECTIONS
+    headline: Headline
+    metrics: dict[str, Any] | None  # metrics.json verbatim: report.json is a superset of it
+    selection: SelectionSection | None
+    training: TrainingSection | None
+    validation: dict[str, Any] | None  # validate.json verbatim
+    export: dict[str, Any] | None  # export.json verbatim
+    bench: BenchResult | None
+    confusion: ConfusionSection | None
+    notes: list[str]
+
+
+def build_report(run: RunPaths, confusion: bool = True) -> Report:
+    """Gather a run folder into a Report; missing stages become notes and empty sections, never errors."""
+    if not run.root.is_dir():
+        raise EikdError(f"run folder not found: {run.root}")
+    read_resolved(run)  # a clear error when this is not a run folder at all
+    notes: list[str] = []
+    ckpt = load_student(run.student)
+    metrics = _optional(run.metrics, notes, "metrics.json not found: run `eikd-edge distill` to get training curves")
+    selection_json = _optional(run.selection, notes, "selection.json not found")
+    validation = _optional(run.root / "validate.json", notes, f"not validated: run `eikd-edge validate {run.root}`")
+    bench_json = _optional(run.root / BENCH_FILE, notes, f"no benchmark: run `eikd-edge bench {run.root}`")
+    export = read_record(run) if run.export_record.is_file() else None
+    if export is None:
+        notes.append(f"nothing exported: run `eikd-edge export {run.root} --onnx --int8`")
+    bench = BenchResult.model_validate(bench_json) if bench_json else None
+    section = None
+    if confusion:
+        try:
+            section = build_confusion(run, ckpt)
+            notes += section.notes
+        except EikdError as exc:
+            notes.append(f"confusion matrices skipped: {exc}")
+    if metrics is None:
+        metrics_sizes = {"student": {"params": count_parameters(ckpt.model)}}
+        metrics_sizes["student"]["macs"] = count_macs(ckpt.model, ckpt.spec.input_size)
+    return Report(
+        created_with=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run=str(run.root.resolve()),
+        headline=_headline(run, metrics or metrics_sizes, export, validation, bench),
+        metrics=metrics,
+        selection=_selection(selection_json) if selection_json else None,
+        training=_training(metrics) if metrics and metrics.get("history") else None,
+        validation=validation,
+        export=export,
+        bench=bench,
+        confusion=section,
+        notes=notes,
+    )
+
+
+def write_report(report: Report, run: RunPaths) -> list[Path]:
+    """report.json, report.md and report.html, each written atomically."""
+    from eikd_edge.report.render_html import render_html
+    from eikd_edge.report.render_markdown import render_markdown
+
+    return [
+        write_json_atomic(run.root / "report.json", report.model_dump(mode="json")),
+        write_text_atomic(run.root / "report.md", render_markdown(report)),
+        write_text_atomic(run.root / "report.html", render_html(report)),
+    ]
+
+
+def _optional(path: Path, notes: list[str], missing: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        notes.append(missing)
+        return None
+    return read_json(path, path.name)
+
+
+def _selection(data: dict[str, Any]) -> SelectionSection:
+    manifest = [e for e in data.get("manifest") or [] if isinstance(e, dict) and "path" in e]
+    classes = [ClassRow(**c) for c in data.get("classes") or [] if isinstance(c, dict)]
+    if not classes:  # an older selection.json with class names only: count from the manifest
+        names = sorted({str(e.get("predicted")) for e in manifest})
+        classes = [
+            ClassRow(
+                name=name,
+                candidates=sum(str(e.get("predicted")) == name for e in manifest),
+                quota=None,
+                selected=sum(str(e.get("predicted")) == name and bool(e.get("selected")) for e in manifest),
+                deficit=0,
+            )
+            for name in names
+        ]
+    selected = [e for e in manifest if e.get("selected")]
+    by_conf = sorted(selected, key=lambda e: float(e.get("confidence") or 0.0))
+    rejected = sorted((e for e in manifest if not e.get("selected")), key=lambda e: float(e.get("score") or 0.0))
+    groups = {"most_confident": by_conf[::-1][:THUMBS], "least_confident": by_conf[:THUMBS], "rejected": rejected}
+    thumbs = [
+        Thumb(group=group, path=str(e["path"]), predicted=e.get("predicted"), confidence=e.get("confidence"))
+        for group, entries in groups.items()
+        for e in entries[:THUMBS]
+    ]
+    return SelectionSection(
+        method=data.get("method"),
+        pool=data.get("pool") or {},
+        selected=int(data.get("selected_count", len(selected))),
+        train=int(data.get("train_count", sum(e.get("split") == "train" for e in selected))),
+        holdout=int(data.get("holdout_count", sum(e.get("split") == "holdout" for e in selected))),
+        classes=classes,
+        below_quota=list(data.get("classes_below_quota") or [c.name for c in classes if c.deficit > 0]),
+        thumbnails=thumbs,
+    )
+
+
+def _training(metrics: dict[str, Any]) -> TrainingSection:
+    return TrainingSection(
+        method=metrics.get("method"),
+        summary=metrics.get("train") or {},
+        best_epoch=(metrics.get("student") or {}).get("best_epoch"),
+        history=list(metrics.get("history") or []),
+    )
+
+
+def _headline(
+    run: RunPaths,
+    metrics: dict[str, Any],
+    export: dict[str, Any] | None,
+    validation: dict[str, Any] | None,
+    bench: BenchResult | None,
+) -> Headline:
+    teacher, student = metrics.get("teacher") or {}, metrics.get("student") or {}
+    teacher_path = Path(str((read_resolved(run).get("inputs") or {}).get("teacher") or ""))
+    teacher_size = teacher_path.stat().st_size if teacher_path.is_file() else None
+    artifacts: dict[str, Any] = (export or {}).get("artifacts") or {}
+    sizes = [("teacher", teacher.get("params"), teacher.get("macs"), teacher_size)]
+    sizes.append(("pytorch", student.get("params"), student.get("macs"), run.student.stat().st_size))
+    for fmt in FORMATS:
+        if fmt.exported and fmt.name in artifacts:
+            sizes.append((fmt.name, student.get("params"), student.get("macs"), artifacts[fmt.name].get("size_bytes")))
+    compression = [
+        SizeRow(model=m, params=p, macs=c, size_bytes=s, size_ratio=teacher_size / s if teacher_size and s else None)
+        for m, p, c, s in sizes
+    ]
+    speed = []
+    if bench is not None:
+        ups = bench.speedups()
+        for row in bench.rows:
+            if row.ok and row.latency_ms and row.batch is not None and (row.model, row.batch) in ups:
+                speed.append(
+                    SpeedRow(
+                        model=row.model,
+                        backend=row.backend,
+                        precision=row.precision,
+                        batch=row.batch,
+                        p50_ms=row.latency_ms.p50,
+                        images_per_s=row.images_per_s or 0.0,
+                        speedup=ups[(row.model, row.batch)],
+                    )
+                )
+    return Headline(
+        compression=compression,
+        speed=speed,
+        quality=_quality_rows(metrics, artifacts, validation),
+        validation_passed=(validation or {}).get("passed"),
+        gate=(validation or {}).get("gate"),
+    )
+
+
+def _quality_rows(
+    metrics: dict[str, Any], artifacts: dict[str, Any], validation: dict[str, Any] | None
+) -> list[QualityRow]:
+    validated = validation or {}
+    student = validated.get("student") or {}
+    teacher_top1 = (validated.get("teacher") or {}).get("top1") or (metrics.get("teacher") or {}).get("top1")
+    rows = [
+        QualityRow(model="teacher", precision="fp32", status="reference", agree_teacher=1.0, agree_student=None,
+                   top1=teacher_top1, gate=None, gate_passed=None),
+        QualityRow(
+            model="pytorch",
+            precision="fp32",
+            status="reference",
+            agree_teacher=student.get("agree_teacher", (metrics.get("agreement") or {}).get("top1")),
+            agree_student=1.0,
+            top1=student.get("top1", (metrics.get("student") or {}).get("top1")),
+            gate=None,
+            gate_passed=None,
+        ),
+    ]
+    checked = validated.get("artifacts") or {}
+    for fmt in FORMATS:
+        if not fmt.exported or fmt.name not in artifacts:
+            continue
+        entry = artifacts[fmt.name]
+        parity = entry.get("parity") or (checked.get(fmt.name) or {}).get("parity") or {}
+        rows.append(
+            QualityRow(
+                model=fmt.name,
+                precision=entry.get("precision", fmt.precision),
+                status=(checked.get(fmt.name) or {}).get("status") or entry.get("status"),
+                agree_teacher=parity.get("agree_teacher"),
+                agree_student=parity.get("agree_student"),
+                top1=parity.get("top1"),
+                gate=parity.get("gate"),
+                gate_passed=parity.get("passed"),
+            )
+        )
+    return rows
