@@ -24,11 +24,12 @@ from PIL import Image
 from benchmarks.common import EXAMPLE, RESULTS, machine
 from eikd_edge.config import load_recipe
 from eikd_edge.data import normalize
-from eikd_edge.distill import Trainer, resolve_device
+from eikd_edge.distill import resolve_device
 from eikd_edge.distributed import DistContext
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.run import RunPaths
 from eikd_edge.scoring import score_pool
+from eikd_edge.trainer import Trainer
 from eikd_edge.training import augment
 
 

@@ -1,0 +1,310 @@
+"""The training loop: epochs of distillation steps, label-free agreement each epoch, atomic checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from eikd_edge.checkpoint import save_student, save_torch_atomic
+from eikd_edge.config import Recipe
+from eikd_edge.data import normalize
+from eikd_edge.distributed import DistContext, barrier, broadcast_object
+from eikd_edge.errors import Interrupted
+from eikd_edge.models.spec import InputSpec
+from eikd_edge.models.teacher import TeacherModel
+from eikd_edge.models.zoo import build_model, count_macs, count_parameters
+from eikd_edge.run import RunPaths
+from eikd_edge.scoring import PoolScores, progress_bar
+from eikd_edge.selection import Selection
+from eikd_edge.training import DistillNet, augment, distillation_loss, warmup_cosine
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, spec: InputSpec, device: torch.device, batch_size: int = 512
+) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = normalize(images[start : start + batch_size].to(device), spec)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs.append(model(batch).float().cpu())
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def _top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return float((logits.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
+
+
+class Trainer:
+    """Holds the training state; `fit` runs epochs, evaluates label-free agreement, checkpoints each epoch."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        teacher: TeacherModel,
+        spec: InputSpec,
+        device: torch.device,
+        ctx: DistContext,
+        run: RunPaths,
+    ) -> None:
+        self.recipe, self.teacher, self.spec, self.device, self.ctx, self.run = recipe, teacher, spec, device, ctx, run
+        cfg = recipe.train
+        self.arch_kwargs = {"width": recipe.student.width} if recipe.student.width != 1.0 else {}
+        self.student = build_model(recipe.student.arch, teacher.num_classes, **self.arch_kwargs)
+        teacher_dim = teacher.embedding_dim or teacher.num_classes
+        use_projector = recipe.method in ("eikd", "random") and recipe.loss.feature.enabled
+        self.net = DistillNet(self.student, teacher.num_classes, teacher_dim, use_projector, recipe.method == "dfnd")
+        self.net.to(device)
+        if device.type == "cuda":
+            self.net.to(memory_format=torch.channels_last)
+        self.ddp: nn.Module = self.net
+        if ctx.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"agreement": -1.0, "epoch": -1, "state": None}
+        self.step = 0
+        self.start_epoch = 0
+        self.wall_s = 0.0
+        self.images_seen = 0
+        self.teacher_val_top1: float | None = None
+
+    def configure_schedule(self, total_steps: int, warmup_steps: int) -> None:
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps)
+        )
+
+    def _schedule(self, n_train: int) -> tuple[int, int, int]:
+        cfg = self.recipe.train
+        global_batch = min(cfg.batch_size, n_train)
+        steps_per_epoch = max(1, n_train // global_batch)
+        total = cfg.steps or cfg.epochs * steps_per_epoch
+        epochs = math.ceil(total / steps_per_epoch)
+        return global_batch, steps_per_epoch, total if cfg.steps else epochs * steps_per_epoch
+
+    def fit(
+        self,
+        pool: PoolScores,
+        train_images: torch.Tensor,
+        train_idx: np.ndarray,
+        hold_images: torch.Tensor,
+        hold_idx: np.ndarray,
+        val: tuple[torch.Tensor, torch.Tensor, list[str]] | None,
+        resume: bool,
+    ) -> None:
+        cfg = self.recipe.train
+        device = self.device
+        images = train_images.to(device)
+        t_logits = pool.logits[torch.as_tensor(train_idx)].to(device)
+        t_embed = pool.embeddings[torch.as_tensor(train_idx)].to(device)
+        hold_targets = pool.logits[torch.as_tensor(hold_idx)].argmax(1) if len(hold_idx) else None
+        if val is not None:
+            self.teacher_val_top1 = _top1(
+                predict_logits(_TeacherLogits(self.teacher), val[0], self.spec, device), val[1]
+            )
+        batch, steps_per_epoch, total_steps = self._schedule(len(images))
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        self.configure_schedule(total_steps, int(cfg.warmup_epochs * steps_per_epoch))
+        if resume:
+            self._load_state()
+        self.total_steps, self.epochs = total_steps, epochs
+        per_rank = batch // self.ctx.world_size
+        show = self.ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
+        with progress_bar(disable=not show) as bar:
+            task = bar.add_task(f"Distilling ({self.recipe.method})", total=total_steps, completed=self.step, rate="")
+            for epoch in range(self.start_epoch, epochs):
+                started = time.perf_counter()
+                sums: dict[str, float] = {}
+                generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+                order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+                order = order.to(device)
+                steps_now = min(steps_per_epoch, total_steps - self.step)
+                try:
+                    for i in range(steps_now):
+                        ids = order[i * batch : (i + 1) * batch][self.ctx.rank :: self.ctx.world_size][:per_rank]
+                        parts = self.train_step(images[ids], t_logits[ids], t_embed[ids], generator)
+                        for key, value in parts.items():
+                            sums[key] = sums.get(key, 0.0) + value
+                        bar.update(task, advance=1, rate=f"loss {parts['total']:.3f}")
+                except KeyboardInterrupt:
+                    raise Interrupted(
+                        f"interrupted in epoch {epoch + 1}; the checkpoint of epoch {epoch} is intact: "
+                        "re-run the same command with --resume"
+                    ) from None
+                seconds = time.perf_counter() - started
+                self.wall_s += seconds
+                self.images_seen += steps_now * batch
+                self._end_epoch(epoch, steps_now, sums, seconds, hold_images, hold_targets, val)
+
+    def train_step(
+        self, images: torch.Tensor, t_logits: torch.Tensor, t_embed: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        self.net.train()
+        x = normalize(augment(images, self.recipe.train.augment, generator).clamp(0, 255), self.spec)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.recipe.train.teacher_targets == "online":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                t_logits, t_embed = self.teacher.predict(x)
+            t_logits, t_embed = t_logits.float(), t_embed.float()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits, embedding, projected = self.ddp(x)
+        terms = distillation_loss(self.net, self.recipe, logits, embedding, projected, t_logits, t_embed)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"total": float(terms.total.detach()), **terms.parts}
+
+    def _end_epoch(
+        self,
+        epoch: int,
+        steps: int,
+        sums: dict[str, float],
+        seconds: float,
+        hold_images: torch.Tensor,
+        hold_targets: torch.Tensor | None,
+        val: tuple[torch.Tensor, torch.Tensor, list[str]] | None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": {k: v / max(steps, 1) for k, v in sums.items()},
+            "epoch_s": round(seconds, 3),
+            "wall_s": round(self.wall_s, 3),
+        }
+        if self.ctx.is_main:
+            agreement = float("nan")
+            if hold_targets is not None:
+                agreement = _top1(predict_logits(self.student, hold_images, self.spec, self.device), hold_targets)
+            record["agreement"] = agreement
+            if val is not None:
+                record["val_top1"] = _top1(predict_logits(self.student, val[0], self.spec, self.device), val[1])
+            score = agreement if not math.isnan(agreement) else float(epoch)
+            if score >= self.best["agreement"]:
+                state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
+                self.best = {"agreement": score, "epoch": epoch + 1, "state": state}
+            self.history.append(record)
+            self._save(epoch)
+        self.best = broadcast_object(self.best, self.ctx) if self.ctx.enabled else self.best
+        barrier(self.ctx)
+
+    def _save(self, epoch: int) -> None:
+        best_model = copy.deepcopy(self.student).cpu()
+        best_model.load_state_dict(self.best["state"])
+        save_student(
+            self.run.student,
+            best_model,
+            self.recipe.student.arch,
+            self.arch_kwargs,
+            self.spec,
+            extra={
+                "recipe": self.recipe.dump(),
+                "teacher": {"path": str(self.teacher.path), "sha256": self.teacher.sha256},
+                "best_epoch": self.best["epoch"],
+                "method": self.recipe.method,
+            },
+        )
+        save_torch_atomic(
+            self.run.train_state,
+            {
+                "epoch": epoch,
+                "step": self.step,
+                "net": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "history": self.history,
+                "best": self.best,
+                "wall_s": self.wall_s,
+                "images_seen": self.images_seen,
+                "recipe": self.recipe.dump(),
+            },
+        )
+
+    def _load_state(self) -> None:
+        state = torch.load(self.run.train_state, map_location=self.device, weights_only=True)
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+        self.best = state["best"]
+        self.step = state["step"]
+        self.start_epoch = state["epoch"] + 1
+        self.wall_s = state["wall_s"]
+        self.images_seen = state["images_seen"]
+
+    def metrics(self, selection: Selection, val: Path | None) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        best = next((h for h in self.history if h["epoch"] == self.best["epoch"]), last)
+        student_cpu = copy.deepcopy(self.student).cpu()
+        teacher_params = self.teacher.num_parameters()
+        return {
+            "method": self.recipe.method,
+            "teacher": {
+                "top1": self.teacher_val_top1,
+                "params": teacher_params,
+                "macs": self.teacher.macs(),
+                "format": self.teacher.format,
+            },
+            "student": {
+                "arch": self.recipe.student.arch,
+                "top1": best.get("val_top1"),
+                "params": count_parameters(student_cpu),
+                "macs": count_macs(student_cpu, self.spec.input_size),
+                "best_epoch": self.best["epoch"],
+            },
+            "agreement": {"top1": best.get("agreement"), "holdout_size": len(selection.holdout_indices)},
+            "selection": {
+                "pool_files": selection.pool.files,
+                "decoded": len(selection.pool.paths),
+                "selected": int(selection.selected.sum()),
+                "train": len(selection.train_indices),
+                "classes_below_quota": [c["name"] for c in selection.per_class if c["deficit"] > 0],
+                "scoring_s": round(selection.pool.seconds, 3),
+                "skipped": selection.pool.skipped.get("count", 0),
+            },
+            "train": {
+                "wall_s": round(self.wall_s, 3),
+                "images_per_s": round(self.images_seen / self.wall_s, 1) if self.wall_s else None,
+                "steps": self.step,
+                "epochs": len(self.history),
+                "device": str(self.device),
+                "world_size": self.ctx.world_size,
+            },
+            "history": self.history,
+            "val": str(val) if val else None,
+        }
+
+
+class _TeacherLogits(nn.Module):
+    """Adapter so the teacher's widened output can be evaluated like any classifier."""
+
+    def __init__(self, teacher: TeacherModel) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher.predict(x)[0]
+
+    def train(self, mode: bool = True) -> _TeacherLogits:  # the teacher never trains
+        return self
