@@ -22,6 +22,8 @@ from eikd_edge.distill import DistillInputs, distill
 
 VARIANTS: dict[str, list[str]] = {
     "eikd": [],
+    "eikd, student full softmax": ["loss.class_drop.student=full"],
+    "eikd, prototype score": ["selection.score=prototype"],
     "eikd w/o class-dropping": ["loss.class_drop.enabled=false"],
     "eikd w/o feature loss": ["loss.feature.enabled=false"],
     "eikd w/o relation loss": ["loss.relation.enabled=false"],

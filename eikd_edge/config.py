@@ -36,6 +36,9 @@ class ClassDropConfig(_Strict):
     enabled: bool = True
     top_k: int | None = Field(None, gt=0, description="keep the k most probable classes (overrides mass)")
     mass: float = Field(0.9, gt=0, le=1, description="keep the smallest class set reaching this teacher mass")
+    student: Literal["masked", "full"] = Field(
+        "masked", description="masked: student softmax over the kept classes only; full: over every class"
+    )
 
 
 class WeightedTerm(_Strict):

@@ -30,8 +30,11 @@ def class_drop_kd(
     teacher_logits: torch.Tensor,
     temperature: float,
     mask: torch.Tensor | None = None,
+    mask_student: bool = True,
 ) -> torch.Tensor:
-    """τ² · KL(p̃_T ‖ p̃_S) over the kept classes; dropped classes are masked out of both softmaxes.
+    """τ² · KL(p̃_T ‖ p̃_S) over the kept classes; dropped classes are masked out of the teacher's softmax and,
+    with `mask_student`, out of the student's too (else the student's full softmax is matched to p̃_T, which
+    still pushes its dropped classes down when the teacher keeps a single class).
 
     With no mask this is Hinton et al.'s KD loss.
     """
@@ -39,7 +42,8 @@ def class_drop_kd(
     s = student_logits.float() / t
     z = teacher_logits.float() / t
     if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
+        if mask_student:
+            s = s.masked_fill(~mask, float("-inf"))
         z = z.masked_fill(~mask, float("-inf"))
     log_p_s = F.log_softmax(s, dim=1)
     log_p_t = F.log_softmax(z, dim=1)

@@ -92,7 +92,9 @@ def distillation_loss(
     mask = None
     if eikd_like and cfg.class_drop.enabled:
         mask = kept_class_mask(teacher_logits, cfg.class_drop.top_k, cfg.class_drop.mass)
-    parts["kd"] = class_drop_kd(student_logits, teacher_logits, cfg.temperature, mask)
+    parts["kd"] = class_drop_kd(
+        student_logits, teacher_logits, cfg.temperature, mask, cfg.class_drop.student == "masked"
+    )
     if eikd_like and cfg.feature.enabled and cfg.feature.weight > 0:
         parts["feature"] = cfg.feature.weight * feature_loss(projected, teacher_embedding)
     if eikd_like and cfg.relation.enabled and cfg.relation.weight > 0:

@@ -281,3 +281,18 @@ def test_noise_adaptation_loss_decreases_with_sgd() -> None:
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] - 0.1
     assert all(b <= a + 1e-6 for a, b in itertools.pairwise(losses))
+
+
+def test_class_drop_full_student_softmax_still_pushes_dropped_classes_down() -> None:
+    """With one kept class the masked loss is 0 (no signal); the full-softmax variant is not, and its gradient on
+    the dropped class is positive (descending it lowers that logit)."""
+    teacher = torch.tensor([[5.0, 0.0, 0.0]])
+    mask = kept_class_mask(teacher, mass=0.9)
+    assert mask.tolist() == [[True, False, False]]
+    student = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
+    assert float(class_drop_kd(student, teacher, 4.0, mask)) == pytest.approx(0.0, abs=1e-7)
+    loss = class_drop_kd(student, teacher, 4.0, mask, mask_student=False)
+    (grad,) = torch.autograd.grad(loss, student)
+    expected = 16.0 * -torch.log_softmax(student.detach() / 4.0, dim=1)[0, 0]
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert grad[0, 1] > 0 and grad[0, 0] < 0

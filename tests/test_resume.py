@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-SETTINGS = ["train.epochs=6", "train.batch_size=16", "student.width=0.5", "train.device=cpu", "selection.batch_size=64"]
+SETTINGS = ["train.batch_size=16", "student.width=0.5", "train.device=cpu", "selection.batch_size=64",
+            "selection.keep_fraction=1.0"]  # fmt: skip
+EPOCHS = 10  # long enough that the kill lands mid-run even on a loaded machine
 
 
-def _command(teacher: Path, pool: Path, out: Path, *extra: str) -> list[str]:
-    sets = [arg for item in SETTINGS for arg in ("--set", item)]
+def _command(teacher: Path, pool: Path, out: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
+    sets = [arg for item in [*SETTINGS, f"train.epochs={epochs}"] for arg in ("--set", item)]
     return [sys.executable, "-m", "eikd_edge", "distill", "-t", str(teacher), "-u", str(pool), "-o", str(out), *sets,
             *extra]  # fmt: skip
 
@@ -46,7 +48,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, script_teache
     process.send_signal(signal.SIGKILL)
     process.wait()
     interrupted_epochs = torch.load(killed / "train_state.pt", weights_only=True)["epoch"] + 1
-    assert interrupted_epochs < 6, "the run finished before it could be killed"
+    assert interrupted_epochs < EPOCHS, "the run finished before it could be killed"
     assert not (killed / "metrics.json").exists()
     assert not list(killed.glob(".*.tmp")) or all(p.stat().st_size >= 0 for p in killed.glob(".*.tmp"))
     resumed = subprocess.run(
@@ -55,7 +57,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, script_teache
     assert resumed.returncode == 0, resumed.stderr[-1500:]
     expected = json.loads((reference / "metrics.json").read_text())
     actual = json.loads((killed / "metrics.json").read_text())
-    assert len(actual["history"]) == 6
+    assert len(actual["history"]) == EPOCHS
     for want, got in zip(expected["history"], actual["history"], strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-5)
         assert got["agreement"] == pytest.approx(want["agreement"], abs=1e-6)
@@ -64,7 +66,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, script_teache
 
 def test_ctrl_c_exits_3_with_checkpoint_intact(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
     out = tmp_path / "run"
-    process = _start_and_wait_for_checkpoint(_command(script_teacher, digit_images, out), out / "train_state.pt")
+    command = _command(script_teacher, digit_images, out, epochs=1000)  # it can only end by the interrupt
+    process = _start_and_wait_for_checkpoint(command, out / "train_state.pt")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 3, stderr[-1500:]
