@@ -8,47 +8,31 @@ recorded). Torch on CUDA also gets device compute time from CUDA events.
 
 from __future__ import annotations
 
-import gc
-import os
-import platform
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
 from eikd_edge.checkpoint import load_student
+from eikd_edge.data import normalize
 from eikd_edge.errors import EikdError
-from eikd_edge.export.fieldset import run_field_images
+from eikd_edge.export.fieldset import folder_images, run_field_images
 from eikd_edge.export.formats import FORMATS, Format
-from eikd_edge.export.record import read_record
 from eikd_edge.export.tensorrt import unavailable_reason
-from eikd_edge.run import RunPaths, load_run_teacher, read_json
+from eikd_edge.latency import LatencyStats, Timing, cpu_count, cuda_compute, latency_stats, machine_info, time_calls
+from eikd_edge.run import RunPaths, load_run_teacher
+from eikd_edge.run_results import model_quality
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
 BENCH_FILE = "bench.json"
 BACKENDS = ("torch", "ort", "ort-int8", "trt")
+QUALITY_KEYS = ("agree_teacher", "agree_student", "top1", "gate_passed")
 EXPORT_HINT = {"ort": "--onnx", "ort-int8": "--int8", "trt": "--trt"}
-
-
-class LatencyStats(BaseModel):
-    """Milliseconds per call over the timed iterations."""
-
-    model_config = ConfigDict(extra="forbid")
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    std: float
-    min: float
-    max: float
 
 
 class BenchRow(BaseModel):
@@ -112,53 +96,7 @@ class BenchOptions:
     threads: int = 0  # 0: the library's default
     device: str = "auto"  # auto | cpu | cuda
     teacher: bool = True
-
-
-@dataclass(frozen=True)
-class Timing:
-    samples_s: list[float]
-    warmup: int
-    budget_exhausted: bool
-    elapsed_s: float
-
-
-def time_calls(
-    call: Callable[[], Any], warmup: int, iters: int, budget_s: float, clock: Callable[[], float] = time.perf_counter
-) -> Timing:
-    """Warm up, then time `iters` calls; stop early once `budget_s` is spent (at least one timed call always runs)."""
-    start = clock()
-    deadline = start + budget_s
-    warm = 0
-    while warm < warmup and clock() < deadline:
-        call()
-        warm += 1
-    samples: list[float] = []
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()  # a collection in the middle of a call is the harness's noise, not the model's
-    try:
-        while len(samples) < iters and (not samples or clock() < deadline):
-            t0 = clock()
-            call()
-            samples.append(clock() - t0)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return Timing(samples, warm, len(samples) < iters, clock() - start)
-
-
-def latency_stats(samples_s: list[float]) -> LatencyStats:
-    ms = np.asarray(samples_s, dtype=np.float64) * 1000.0
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return LatencyStats(
-        p50=float(p50),
-        p90=float(p90),
-        p99=float(p99),
-        mean=float(ms.mean()),
-        std=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
-        min=float(ms.min()),
-        max=float(ms.max()),
-    )
+    images: Path | None = None  # a folder of field images instead of the run's holdout slice
 
 
 def backend_of(fmt: Format) -> str:
@@ -194,24 +132,10 @@ def measure(
     timing = time_calls(lambda: predictor.predict_logits(tiled), options.warmup, options.iters, options.budget_s)
     device_ms = None
     if isinstance(predictor, TorchPredictor) and predictor.device.type == "cuda":
-        device_ms = _cuda_compute(predictor, tiled, len(timing.samples_s))
+        x = normalize(tiled.to(predictor.device), predictor.spec)
+        with torch.inference_mode():
+            device_ms = cuda_compute(predictor.model, x, len(timing.samples_s))
     return timing, device_ms
-
-
-@torch.inference_mode()
-def _cuda_compute(predictor: TorchPredictor, images: torch.Tensor, iters: int) -> LatencyStats:
-    from eikd_edge.data import normalize
-
-    x = normalize(images.to(predictor.device), predictor.spec)
-    samples = []
-    for _ in range(max(iters, 1)):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        predictor.model(x)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1000.0)
-    return latency_stats(samples)
 
 
 def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
@@ -220,9 +144,14 @@ def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
         raise EikdError(f"run folder not found: {run.root}")
     _check(options)
     ckpt = load_student(run.student)
-    images = run_field_images(run, ckpt.spec, "parity", max(options.batches))
+    limit = max(options.batches)
+    images = (
+        folder_images(options.images, ckpt.spec, limit)
+        if options.images
+        else run_field_images(run, ckpt.spec, "parity", limit)
+    )
     device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    quality = _quality(run)
+    quality = {name: {k: q.get(k) for k in QUALITY_KEYS} for name, q in model_quality(run).items()}
     rows: list[BenchRow] = []
     previous_threads = torch.get_num_threads()
     if options.threads > 0:
@@ -238,7 +167,10 @@ def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
         created_with=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         machine=machine_info(),
-        settings={k: list(v) if isinstance(v, tuple) else v for k, v in options.__dict__.items()},
+        settings={
+            k: list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
+            for k, v in options.__dict__.items()
+        },
         images={"source": images.source, "n": len(images), "tiled_to_batch": True},
         rows=rows,
     )
@@ -271,7 +203,11 @@ def _backend_rows(
     if not present:
         hint = f"eikd-edge export {run.root} {EXPORT_HINT.get(backend, '')}".rstrip()
         name = formats[0].name if len(formats) == 1 else f"{backend}-*"
-        return [BenchRow(model=name, backend=backend, precision=precision, batch=None, status=f"skipped: not exported ({hint})")]
+        return [
+            BenchRow(
+                model=name, backend=backend, precision=precision, batch=None, status=f"skipped: not exported ({hint})"
+            )
+        ]
     rows = []
     for fmt in present:
         info = {"model": fmt.name, "backend": backend, "precision": fmt.precision, **quality.get(fmt.name, {})}
@@ -332,37 +268,6 @@ def _measure_rows(
     return rows
 
 
-def _quality(run: RunPaths) -> dict[str, dict[str, Any]]:
-    """Agreement, top-1 and gate per model, from export.json parity, else validate.json, else metrics.json."""
-    validated = _optional_json(run.root / "validate.json")
-    metrics = _optional_json(run.metrics)
-    out: dict[str, dict[str, Any]] = {}
-    for name, entry in read_record(run)["artifacts"].items():
-        parity = entry.get("parity") or ((validated.get("artifacts") or {}).get(name) or {}).get("parity") or {}
-        out[name] = {
-            "agree_teacher": parity.get("agree_teacher"),
-            "agree_student": parity.get("agree_student"),
-            "top1": parity.get("top1"),
-            "gate_passed": parity.get("passed"),
-        }
-    student = validated.get("student") or {}
-    out["pytorch"] = {
-        "agree_teacher": student.get("agree_teacher", (metrics.get("agreement") or {}).get("top1")),
-        "agree_student": 1.0,
-        "top1": student.get("top1", (metrics.get("student") or {}).get("top1")),
-    }
-    teacher_top1 = (validated.get("teacher") or {}).get("top1") or (metrics.get("teacher") or {}).get("top1")
-    out["teacher"] = {"agree_teacher": 1.0, "top1": teacher_top1}
-    return out
-
-
-def _optional_json(path: Path) -> dict[str, Any]:
-    try:
-        return read_json(path, path.name) if path.is_file() else {}
-    except EikdError:
-        return {}
-
-
 def _device_of(predictor: Any, device: str) -> str:
     providers = getattr(predictor, "providers", None)
     if providers is not None:
@@ -378,35 +283,3 @@ def _threads(predictor: Any, options: BenchOptions) -> int:
 
 def _why(exc: Exception) -> str:
     return str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:160]}"
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def machine_info() -> dict[str, Any]:
-    """Enough to tell two bench.json files apart: CPU, cores, library versions, GPU."""
-    import onnxruntime
-
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cpu_count": cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "onnxruntime": onnxruntime.__version__,
-        "ort_providers": onnxruntime.get_available_providers(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

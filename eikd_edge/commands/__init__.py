@@ -6,7 +6,15 @@ import typer
 
 
 def register_all(app: typer.Typer) -> None:
-    from eikd_edge.commands import distill_cmd, export_cmd, inspect_cmd, models_cmd, validate_cmd
+    from eikd_edge.commands import (
+        bench_cmd,
+        distill_cmd,
+        export_cmd,
+        inspect_cmd,
+        models_cmd,
+        report_cmd,
+        validate_cmd,
+    )
 
-    for module in (distill_cmd, export_cmd, validate_cmd, models_cmd, inspect_cmd):
+    for module in (distill_cmd, export_cmd, validate_cmd, bench_cmd, report_cmd, models_cmd, inspect_cmd):
         module.register(app)

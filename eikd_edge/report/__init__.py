@@ -1,5 +1,23 @@
-"""The run report: `model.build_report` gathers one Report object; the render_* modules only present it."""
+"""The run report: `build_report` gathers one Report object; the render_* modules only present it."""
 
-from eikd_edge.report.model import Report, build_report, write_report
+from __future__ import annotations
+
+from pathlib import Path
+
+from eikd_edge.atomic import write_json_atomic, write_text_atomic
+from eikd_edge.report.model import Report, build_report
+from eikd_edge.run import RunPaths
 
 __all__ = ["Report", "build_report", "write_report"]
+
+
+def write_report(report: Report, run: RunPaths) -> list[Path]:
+    """report.json (Report.model_dump), report.md and report.html, each written atomically."""
+    from eikd_edge.report.render_html import render_html
+    from eikd_edge.report.render_markdown import render_markdown
+
+    return [
+        write_json_atomic(run.root / "report.json", report.model_dump(mode="json")),
+        write_text_atomic(run.root / "report.md", render_markdown(report)),
+        write_text_atomic(run.root / "report.html", render_html(report)),
+    ]

@@ -53,7 +53,7 @@ def confusion(
         folded = np.zeros((MAX_CLASSES, MAX_CLASSES), dtype=np.int64)
         np.add.at(folded, (index[reference], index[predicted]), 1)
         counts, names = folded, [classes[i] for i in keep] + ["other"]
-    total = int(len(reference))
+    total = len(reference)
     agreement = float((reference == predicted).mean()) if total else 0.0
     return Confusion(
         title=title,
@@ -78,9 +78,7 @@ def build_confusion(run: RunPaths, ckpt: StudentCheckpoint) -> ConfusionSection:
     student_top = ref.student.argmax(1)
     if ref.teacher is not None:
         where = f"{len(images)} {images.source} field images"
-        matrices.append(
-            confusion(ref.teacher.argmax(1), student_top, classes, "Student vs teacher", "teacher", where)
-        )
+        matrices.append(confusion(ref.teacher.argmax(1), student_top, classes, "Student vs teacher", "teacher", where))
     if ref.val is not None:
         val_images, labels = ref.val
         predicted = TorchPredictor(ckpt.model, ckpt.spec).predict_logits(val_images).argmax(1)

@@ -10,10 +10,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eikd_edge import __version__
-from eikd_edge.atomic import write_json_atomic, write_text_atomic
 from eikd_edge.bench import BENCH_FILE, BenchResult
 from eikd_edge.checkpoint import load_student
 from eikd_edge.errors import EikdError
@@ -22,6 +21,7 @@ from eikd_edge.export.record import read_record
 from eikd_edge.models.zoo import count_macs, count_parameters
 from eikd_edge.report.confusion import ConfusionSection, build_confusion
 from eikd_edge.run import RunPaths, read_json, read_resolved
+from eikd_edge.run_results import VALIDATE_FILE, model_quality
 
 SCHEMA = "eikd-edge/report"
 SECTIONS = {
@@ -83,13 +83,13 @@ class SizeRow(_Strict):
 
 class QualityRow(_Strict):
     model: str
-    precision: str | None
-    status: str | None
-    agree_teacher: float | None
-    agree_student: float | None
-    top1: float | None
-    gate: float | None
-    gate_passed: bool | None
+    precision: str | None = None
+    status: str | None = None
+    agree_teacher: float | None = None
+    agree_student: float | None = None
+    top1: float | None = None
+    gate: float | None = None
+    gate_passed: bool | None = None
 
 
 class SpeedRow(_Strict):
@@ -136,12 +136,17 @@ def build_report(run: RunPaths, confusion: bool = True) -> Report:
     ckpt = load_student(run.student)
     metrics = _optional(run.metrics, notes, "metrics.json not found: run `eikd-edge distill` to get training curves")
     selection_json = _optional(run.selection, notes, "selection.json not found")
-    validation = _optional(run.root / "validate.json", notes, f"not validated: run `eikd-edge validate {run.root}`")
+    validation = _optional(run.root / VALIDATE_FILE, notes, f"not validated: run `eikd-edge validate {run.root}`")
     bench_json = _optional(run.root / BENCH_FILE, notes, f"no benchmark: run `eikd-edge bench {run.root}`")
     export = read_record(run) if run.export_record.is_file() else None
     if export is None:
         notes.append(f"nothing exported: run `eikd-edge export {run.root} --onnx --int8`")
-    bench = BenchResult.model_validate(bench_json) if bench_json else None
+    bench = None
+    if bench_json:
+        try:
+            bench = BenchResult.model_validate(bench_json)
+        except ValidationError:
+            notes.append(f"{BENCH_FILE} is from another eikd-edge version: re-run `eikd-edge bench {run.root}`")
     section = None
     if confusion:
         try:
@@ -149,14 +154,11 @@ def build_report(run: RunPaths, confusion: bool = True) -> Report:
             notes += section.notes
         except EikdError as exc:
             notes.append(f"confusion matrices skipped: {exc}")
-    if metrics is None:
-        metrics_sizes = {"student": {"params": count_parameters(ckpt.model)}}
-        metrics_sizes["student"]["macs"] = count_macs(ckpt.model, ckpt.spec.input_size)
     return Report(
         created_with=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run=str(run.root.resolve()),
-        headline=_headline(run, metrics or metrics_sizes, export, validation, bench),
+        headline=_headline(run, metrics or _student_sizes(ckpt.model, ckpt.spec.input_size), export, validation, bench),
         metrics=metrics,
         selection=_selection(selection_json) if selection_json else None,
         training=_training(metrics) if metrics and metrics.get("history") else None,
@@ -168,18 +170,6 @@ def build_report(run: RunPaths, confusion: bool = True) -> Report:
     )
 
 
-def write_report(report: Report, run: RunPaths) -> list[Path]:
-    """report.json, report.md and report.html, each written atomically."""
-    from eikd_edge.report.render_html import render_html
-    from eikd_edge.report.render_markdown import render_markdown
-
-    return [
-        write_json_atomic(run.root / "report.json", report.model_dump(mode="json")),
-        write_text_atomic(run.root / "report.md", render_markdown(report)),
-        write_text_atomic(run.root / "report.html", render_html(report)),
-    ]
-
-
 def _optional(path: Path, notes: list[str], missing: str) -> dict[str, Any] | None:
     if not path.is_file():
         notes.append(missing)
@@ -187,9 +177,24 @@ def _optional(path: Path, notes: list[str], missing: str) -> dict[str, Any] | No
     return read_json(path, path.name)
 
 
+def _student_sizes(model: Any, input_size: tuple[int, int]) -> dict[str, Any]:
+    """Params and MACs straight from the checkpoint when metrics.json is missing."""
+    return {"student": {"params": count_parameters(model), "macs": count_macs(model, input_size)}}
+
+
 def _selection(data: dict[str, Any]) -> SelectionSection:
     manifest = [e for e in data.get("manifest") or [] if isinstance(e, dict) and "path" in e]
-    classes = [ClassRow(**c) for c in data.get("classes") or [] if isinstance(c, dict)]
+    classes = [
+        ClassRow(
+            name=str(c.get("name")),
+            candidates=int(c.get("candidates") or 0),
+            quota=c.get("quota"),
+            selected=int(c.get("selected") or 0),
+            deficit=int(c.get("deficit") or 0),
+        )
+        for c in data.get("classes") or []
+        if isinstance(c, dict)
+    ]
     if not classes:  # an older selection.json with class names only: count from the manifest
         names = sorted({str(e.get("predicted")) for e in manifest})
         classes = [
@@ -271,48 +276,17 @@ def _headline(
     return Headline(
         compression=compression,
         speed=speed,
-        quality=_quality_rows(metrics, artifacts, validation),
+        quality=_quality_rows(run, artifacts),
         validation_passed=(validation or {}).get("passed"),
         gate=(validation or {}).get("gate"),
     )
 
 
-def _quality_rows(
-    metrics: dict[str, Any], artifacts: dict[str, Any], validation: dict[str, Any] | None
-) -> list[QualityRow]:
-    validated = validation or {}
-    student = validated.get("student") or {}
-    teacher_top1 = (validated.get("teacher") or {}).get("top1") or (metrics.get("teacher") or {}).get("top1")
-    rows = [
-        QualityRow(model="teacher", precision="fp32", status="reference", agree_teacher=1.0, agree_student=None,
-                   top1=teacher_top1, gate=None, gate_passed=None),
-        QualityRow(
-            model="pytorch",
-            precision="fp32",
-            status="reference",
-            agree_teacher=student.get("agree_teacher", (metrics.get("agreement") or {}).get("top1")),
-            agree_student=1.0,
-            top1=student.get("top1", (metrics.get("student") or {}).get("top1")),
-            gate=None,
-            gate_passed=None,
-        ),
+def _quality_rows(run: RunPaths, artifacts: dict[str, Any]) -> list[QualityRow]:
+    quality = model_quality(run)
+    names = ["teacher", "pytorch", *(f.name for f in FORMATS if f.exported and f.name in artifacts)]
+    precision = {f.name: f.precision for f in FORMATS} | {"teacher": "fp32"}
+    return [
+        QualityRow(model=name, precision=(artifacts.get(name) or {}).get("precision", precision[name]), **quality[name])
+        for name in names
     ]
-    checked = validated.get("artifacts") or {}
-    for fmt in FORMATS:
-        if not fmt.exported or fmt.name not in artifacts:
-            continue
-        entry = artifacts[fmt.name]
-        parity = entry.get("parity") or (checked.get(fmt.name) or {}).get("parity") or {}
-        rows.append(
-            QualityRow(
-                model=fmt.name,
-                precision=entry.get("precision", fmt.precision),
-                status=(checked.get(fmt.name) or {}).get("status") or entry.get("status"),
-                agree_teacher=parity.get("agree_teacher"),
-                agree_student=parity.get("agree_student"),
-                top1=parity.get("top1"),
-                gate=parity.get("gate"),
-                gate_passed=parity.get("passed"),
-            )
-        )
-    return rows

@@ -1,0 +1,37 @@
+"""`eikd-edge report RUN`: selection, training, validation and bench results in report.json, .md and .html."""
+
+from __future__ import annotations
+
+import webbrowser
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eikd_edge.console import console, err_console
+from eikd_edge.run import RunPaths
+
+
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `eikd-edge distill` (and export/validate/bench).")],
+    open_: Annotated[bool, typer.Option("--open", help="Open report.html in the default browser.")] = False,
+    confusion: Annotated[
+        bool,
+        typer.Option("--confusion/--no-confusion", help="Run the student and the teacher for confusion matrices."),
+    ] = True,
+) -> None:
+    """Gather the run into one report; the terminal shows the headline numbers."""
+    from eikd_edge.report import build_report, write_report
+    from eikd_edge.report.render_terminal import print_report
+
+    paths = RunPaths(run)
+    result = build_report(paths, confusion=confusion)
+    written = write_report(result, paths)
+    print_report(result, console)
+    console.print(f"written: {', '.join(str(p) for p in written)}", highlight=False)
+    if open_ and not webbrowser.open(written[-1].resolve().as_uri()):
+        err_console.print(f"[yellow]note:[/] no browser found; open {written[-1]} yourself", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

@@ -1,0 +1,229 @@
+"""Every table of the report as plain text cells, built once; the terminal, Markdown and HTML renderers only lay
+them out, so the three always agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from eikd_edge.bench import BenchResult
+from eikd_edge.report import text as t
+from eikd_edge.report.model import Report
+
+
+@dataclass(frozen=True)
+class TextTable:
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    caption: str = ""
+    left: tuple[str, ...] = field(default=())  # left-aligned columns; the rest are numbers, right-aligned
+    optional: tuple[str, ...] = ()  # columns a narrow terminal may drop, first one first
+    notes: list[str] = field(default_factory=list)  # footnotes: why a row was skipped, where a budget ran out
+
+
+def compression(report: Report) -> TextTable:
+    rows = [
+        (r.model, t.count(r.params), t.count(r.macs), t.size(r.size_bytes), t.times(r.size_ratio))
+        for r in report.headline.compression
+    ]
+    return TextTable(
+        "Compression",
+        ("model", "params", "MACs", "file size", "smaller than teacher"),
+        rows,
+        "params and MACs at batch 1; artifacts share the student's network",
+        left=("model",),
+    )
+
+
+def speed(report: Report) -> TextTable:
+    rows = [
+        (r.model, r.backend, r.precision, str(r.batch), t.ms(r.p50_ms), t.rate(r.images_per_s), t.times(r.speedup))
+        for r in report.headline.speed
+    ]
+    return TextTable(
+        "Speed-up vs the PyTorch eager student",
+        ("model", "backend", "precision", "batch", "p50 ms", "images/s", "speed-up"),
+        rows,
+        "median host-to-host latency from bench.json, same batch size",
+        left=("model", "backend", "precision"),
+    )
+
+
+def quality(report: Report) -> TextTable:
+    rows = [
+        (
+            r.model,
+            r.precision or t.DASH,
+            t.pct(r.agree_teacher),
+            t.pct(r.agree_student),
+            t.pct(r.top1),
+            t.verdict(r.gate_passed),
+            r.status or t.DASH,
+        )
+        for r in report.headline.quality
+    ]
+    return TextTable(
+        "Agreement, accuracy and gates",
+        ("model", "precision", "agree T", "agree S", "top-1", "gate", "status"),
+        rows,
+        "agree T / S: top-1 agreement with the teacher / the FP32 student on held-out field images; "
+        "top-1: accuracy on labeled images when the run had them; gate: agree S at least "
+        + (t.pct(report.headline.gate) if report.headline.gate is not None else "the export gate"),
+        left=("model", "precision", "gate", "status"),
+    )
+
+
+def selection_classes(report: Report) -> TextTable:
+    sel = report.selection
+    rows = (
+        []
+        if sel is None
+        else [
+            (c.name, str(c.candidates), t.DASH if c.quota is None else str(c.quota), str(c.selected), str(c.deficit))
+            for c in sel.classes
+        ]
+    )
+    return TextTable(
+        "Selection per class",
+        ("class", "candidates", "quota", "selected", "deficit"),
+        rows,
+        "deficit: selected images the class is short of its fair share (the field data barely covers it)",
+        left=("class",),
+    )
+
+
+def history(report: Report) -> TextTable:
+    hist = report.training.history if report.training else []
+    terms = sorted({k for h in hist for k in (h.get("loss") or {})}, key=lambda k: (k != "total", k))
+    rows = [
+        (
+            str(h.get("epoch")),
+            str(h.get("step")),
+            t.seconds(h.get("wall_s")),
+            *(f"{(h.get('loss') or {}).get(k, float('nan')):.4f}" for k in terms),
+            t.pct(h.get("agreement")),
+            t.pct(h.get("val_top1")),
+        )
+        for h in hist
+    ]
+    return TextTable(
+        "Training history",
+        ("epoch", "step", "wall", *(f"loss {k}" for k in terms), "agreement", "val top-1"),
+        rows,
+        "agreement: with the teacher on the held-out field slice (picks the best epoch without labels)",
+    )
+
+
+def validation(report: Report) -> TextTable:
+    data = report.validation or {}
+    rows = []
+    for name, entry in (data.get("artifacts") or {}).items():
+        p = entry.get("parity") or {}
+        rows.append(
+            (
+                name,
+                t.pct(p.get("agree_student")),
+                t.pct(p.get("agree_teacher")),
+                t.pct(p.get("flip_rate")),
+                f"{p['max_abs_dprob']:.1e}" if "max_abs_dprob" in p else t.DASH,
+                f"{p['max_abs_dlogit']:.1e}" if "max_abs_dlogit" in p else t.DASH,
+                str(entry.get("status")) + (f": {entry['reason']}" if entry.get("reason") else ""),
+            )
+        )
+    images = data.get("images") or {}
+    return TextTable(
+        f"Parity on {images.get('n', '?')} {images.get('source', '')} images, gate {t.pct(data.get('gate'))}",
+        ("artifact", "agree S", "agree T", "flips", "Δprob", "Δlogit", "status"),
+        rows,
+        "flips: top-1 changed vs the FP32 student; Δprob, Δlogit: largest absolute difference",
+        left=("artifact", "status"),
+    )
+
+
+def bench(result: BenchResult | None) -> TextTable:
+    """Compact enough for a 100-column terminal: skip/fail reasons and budget stops go to footnotes."""
+    rows, notes = [], []
+    for r in result.rows if result else []:
+        lat = r.latency_ms
+        numbers = (t.ms(lat.p50), t.ms(lat.p90), t.ms(lat.p99), f"{t.ms(lat.mean)} ± {t.ms(lat.std)}") if lat else ()
+        status = r.status.split(":")[0]
+        if not r.ok:
+            notes.append(f"{r.model}: {r.status}")
+        elif r.budget_exhausted:
+            status = "ok*"
+            notes.append(f"{r.model} batch {r.batch}: budget spent after {r.iters} of {r.iters_requested} iterations")
+        rows.append(
+            (
+                r.backend,
+                r.model,
+                r.precision if r.ok or "/" not in r.precision else t.DASH,
+                t.DASH if r.batch is None else str(r.batch),
+                *(numbers or (t.DASH,) * 4),
+                t.rate(r.images_per_s),
+                t.size(r.size_bytes),
+                t.pct(r.agree_teacher),
+                status,
+            )
+        )
+    machine = (result.machine if result else {}) or {}
+    threads = sorted({r.threads for r in (result.rows if result else []) if r.threads})
+    caption = (
+        f"ms per call, {machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores, threads "
+        f"{','.join(map(str, threads)) or '-'}), torch {machine.get('torch', '?')}, onnxruntime "
+        f"{machine.get('onnxruntime', '?')}" + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
+    )
+    columns = ("backend", "model", "prec", "batch", "p50", "p90", "p99", "mean ± std", "img/s", "size", "agree T")
+    return TextTable(
+        "Latency (host to host: uint8 images in, logits out)",
+        (*columns, "status"),
+        rows,
+        caption,
+        left=("backend", "model", "prec", "status"),
+        optional=("mean ± std", "p90", "size", "prec", "backend"),
+        notes=notes,
+    )
+
+
+def verdict_line(report: Report) -> str:
+    h = report.headline
+    if h.validation_passed is None:
+        return "Validation: not run."
+    gate = f" (gate {h.gate:.0%} top-1 agreement with the FP32 student)" if h.gate is not None else ""
+    return f"Validation: {'passed' if h.validation_passed else 'FAILED'}{gate}."
+
+
+def selection_summary(report: Report) -> str:
+    sel = report.selection
+    if sel is None:
+        return "No selection.json."
+    pool = sel.pool
+    skipped = pool.get("skipped") or {}
+    reasons = ", ".join(f"{k}: {v}" for k, v in (skipped.get("by_reason") or {}).items())
+    text = (
+        f"Pool {pool.get('root', '?')}: {pool.get('files', '?')} files, {pool.get('decoded', '?')} decoded, "
+        f"{skipped.get('count', 0)} skipped{f' ({reasons})' if reasons else ''}. Selected {sel.selected} "
+        f"({sel.train} train, {sel.holdout} held out for label-free validation)."
+    )
+    if sel.below_quota:
+        text += f" Classes below quota: {', '.join(sel.below_quota)}; the field data barely covers them."
+    return text
+
+
+def training_summary(report: Report) -> str:
+    tr = report.training
+    if tr is None:
+        return "No metrics.json."
+    s = tr.summary
+    return (
+        f"Method {tr.method}: {s.get('epochs', '?')} epochs, {s.get('steps', '?')} steps, "
+        f"{t.seconds(s.get('wall_s'))} on {s.get('device', '?')} ({t.rate(s.get('images_per_s'))} images/s); "
+        f"best epoch {tr.best_epoch} (by teacher agreement on held-out field images)."
+    )
+
+
+def confusion_summary(report: Report) -> list[str]:
+    matrices = report.confusion.matrices if report.confusion else []
+    return [
+        f"{m.title} on {m.images}: diagonal {m.agreement:.1%} ({m.n} images, {len(m.classes)} classes)"
+        for m in matrices
+    ]
