@@ -9,14 +9,14 @@ import typer
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click
-    from typer._click.exceptions import UsageError
+    from typer._click.exceptions import ClickException, UsageError
 except ImportError:  # pragma: no cover - older typer with click installed
-    from click.exceptions import UsageError
+    from click.exceptions import ClickException, UsageError
 
 from eikd_edge import __version__
 from eikd_edge.commands import register_all
 from eikd_edge.console import console, err_console
-from eikd_edge.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, EikdError
+from eikd_edge.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_USER_ERROR, EikdError
 
 
 class _ErrorsToExitCodes(TyperGroup):
@@ -43,6 +43,18 @@ class _ErrorsToExitCodes(TyperGroup):
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (ClickException, typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("EIKD_DEBUG"):
+                raise
+            err_console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                "(a bug in eikd-edge: re-run with --debug for the traceback and report it)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_CRASH) from None
 
 
 app = typer.Typer(

@@ -26,8 +26,11 @@ TOO_LARGE = "too large (decompression bomb?)"
 # Anything else (EPS runs Ghostscript, PSD, ...) is "not an image": hostile pools do not reach exotic decoders.
 DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
 
-# Our own MAX_PIXELS check replaces PIL's warning for headers between its limit and twice it (where PIL raises).
+# Our own MAX_PIXELS check replaces PIL's warning for headers between its limit and twice it (where PIL raises),
+# and PIL's warnings about damaged metadata ("Corrupt EXIF data", "Tag data larger than file") would only litter
+# the terminal: the file is decoded or skipped with a reason either way.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class BadImage(Exception):
@@ -118,7 +121,7 @@ def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
         raise BadImage("not an image") from None
     except MemoryError:
         raise BadImage(TOO_LARGE) from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise anything on hostile bytes (struct.error, IndexError...)
+    except Exception as exc:  # decoders raise anything on hostile bytes (struct.error, IndexError, ...): skip it
         raise BadImage(f"corrupt ({type(exc).__name__})") from None
     if array.shape != (*input_size, 3):  # defensive: a decoder that lied about its size
         raise BadImage("corrupt (wrong size)")
@@ -152,7 +155,7 @@ def _exif_transpose(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a damaged EXIF block leaves the pixels as stored rather than losing them."""
     try:
         return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - malformed EXIF raises struct.error, KeyError, SyntaxError, ...
+    except Exception:  # malformed EXIF raises struct.error, KeyError, SyntaxError, ...
         return image
 
 
@@ -225,11 +228,8 @@ def iter_decoded(
 
 def _display(path: Path, root: Path | None) -> str:
     text = str(path)
-    if root is not None:
-        try:
-            text = path.relative_to(root).as_posix()
-        except ValueError:
-            pass
+    if root is not None and path.is_relative_to(root):
+        text = path.relative_to(root).as_posix()
     return display_name(text)
 
 

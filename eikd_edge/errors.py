@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 1
 EXIT_GATE_FAILED = 2
 EXIT_INTERRUPTED = 3
+EXIT_CRASH = 4  # a bug in eikd-edge, not in the user's input
 
 
 class EikdError(Exception):

@@ -121,8 +121,12 @@ def _score_shard(
 
     report = DecodeReport()
     indices: list[int] = []
-    logits: list[torch.Tensor] = []
-    embeddings: list[torch.Tensor] = []
+    # Filled in place: appending small per-batch tensors between the large transient ones (decoded and normalised
+    # batches, activations) fragments the heap, and RSS then creeps up with the pool size for nothing.
+    width = teacher.embedding_dim or teacher.num_classes
+    logits = torch.empty(len(paths), teacher.num_classes)
+    embeddings = torch.empty(len(paths), width)
+    count = 0
     started = time.perf_counter()
     show = ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
     with progress_bar(disable=not show) as bar:
@@ -135,20 +139,18 @@ def _score_shard(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 batch_logits, batch_embeddings = teacher.predict(images)
             _check_finite(teacher, batch_logits, batch_embeddings, [paths[i] for i in batch.indices], root)
-            logits.append(batch_logits.float().cpu())
-            embeddings.append(batch_embeddings.float().cpu())
+            n = len(batch.indices)
+            logits[count : count + n].copy_(batch_logits)
+            embeddings[count : count + n].copy_(batch_embeddings)
+            count += n
             indices.extend(offset + i for i in batch.indices)
             done = batch.indices[-1] + 1
             rate = done / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=done * ctx.world_size, rate=f"{rate * ctx.world_size:,.0f} img/s")
         bar.update(task, completed=len(paths) * ctx.world_size)
-    width = teacher.embedding_dim or teacher.num_classes
-    return (
-        indices,
-        torch.cat(logits) if logits else torch.empty(0, teacher.num_classes),
-        torch.cat(embeddings) if embeddings else torch.empty(0, width),
-        report,
-    )
+    if count < len(paths):  # skipped files: copy out the filled rows (a view would drag the whole buffer along)
+        logits, embeddings = logits[:count].clone(), embeddings[:count].clone()
+    return indices, logits, embeddings, report
 
 
 def _check_finite(

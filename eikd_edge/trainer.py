@@ -126,33 +126,55 @@ class Trainer:
         if resume:
             self._load_state()
         self.total_steps, self.epochs = total_steps, epochs
-        per_rank = batch // self.ctx.world_size
         show = self.ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
         with progress_bar(disable=not show) as bar:
             task = bar.add_task(f"Distilling ({self.recipe.method})", total=total_steps, completed=self.step, rate="")
             for epoch in range(self.start_epoch, epochs):
-                started = time.perf_counter()
-                sums: dict[str, float] = {}
-                generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
-                order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-                order = order.to(device)
-                steps_now = min(steps_per_epoch, total_steps - self.step)
                 try:
-                    for i in range(steps_now):
-                        ids = order[i * batch : (i + 1) * batch][self.ctx.rank :: self.ctx.world_size][:per_rank]
-                        parts = self.train_step(images[ids], t_logits[ids], t_embed[ids], generator)
-                        for key, value in parts.items():
-                            sums[key] = sums.get(key, 0.0) + value
-                        bar.update(task, advance=1, rate=f"loss {parts['total']:.3f}")
-                except KeyboardInterrupt:
+                    self._run_epoch(epoch, images, t_logits, t_embed, batch, steps_per_epoch, bar, task)
+                    self._end_epoch(epoch, hold_images, hold_targets, val)
+                except KeyboardInterrupt:  # checkpoints are atomic: the last complete one is intact
                     raise Interrupted(
-                        f"interrupted in epoch {epoch + 1}; the checkpoint of epoch {epoch} is intact: "
+                        f"interrupted in epoch {epoch + 1}; the last checkpoint written is intact: "
                         "re-run the same command with --resume"
                     ) from None
-                seconds = time.perf_counter() - started
-                self.wall_s += seconds
-                self.images_seen += steps_now * batch
-                self._end_epoch(epoch, steps_now, sums, seconds, hold_images, hold_targets, val)
+
+    def _run_epoch(
+        self,
+        epoch: int,
+        images: torch.Tensor,
+        t_logits: torch.Tensor,
+        t_embed: torch.Tensor,
+        batch: int,
+        steps_per_epoch: int,
+        bar: Any,
+        task: Any,
+    ) -> None:
+        cfg = self.recipe.train
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        order = order.to(self.device)
+        steps_now = min(steps_per_epoch, self.total_steps - self.step)
+        per_rank = batch // self.ctx.world_size
+        for i in range(steps_now):
+            ids = order[i * batch : (i + 1) * batch][self.ctx.rank :: self.ctx.world_size][:per_rank]
+            parts = self.train_step(images[ids], t_logits[ids], t_embed[ids], generator)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.update(task, advance=1, rate=f"loss {parts['total']:.3f}")
+        seconds = time.perf_counter() - started
+        self.wall_s += seconds
+        self.images_seen += steps_now * batch
+        self._epoch_record = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": {k: v / max(steps_now, 1) for k, v in sums.items()},
+            "epoch_s": round(seconds, 3),
+            "wall_s": round(self.wall_s, 3),
+        }
 
     def train_step(
         self, images: torch.Tensor, t_logits: torch.Tensor, t_embed: torch.Tensor, generator: torch.Generator
@@ -178,21 +200,11 @@ class Trainer:
     def _end_epoch(
         self,
         epoch: int,
-        steps: int,
-        sums: dict[str, float],
-        seconds: float,
         hold_images: torch.Tensor,
         hold_targets: torch.Tensor | None,
         val: tuple[torch.Tensor, torch.Tensor, list[str]] | None,
     ) -> None:
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": self.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "loss": {k: v / max(steps, 1) for k, v in sums.items()},
-            "epoch_s": round(seconds, 3),
-            "wall_s": round(self.wall_s, 3),
-        }
+        record = self._epoch_record
         if self.ctx.is_main:
             agreement = float("nan")
             if hold_targets is not None:

@@ -131,7 +131,7 @@ def test_save_torch_atomic_disk_full_midway(tmp_path: Path, monkeypatch: pytest.
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", save_half_then_full)
-    with pytest.raises(DiskFull, match="train_state.pt"):
+    with pytest.raises(DiskFull, match=r"train_state\.pt"):
         save_torch_atomic(target, {"epoch": 2, "w": torch.zeros(100_000)})
     monkeypatch.undo()
     assert target.read_bytes() == old

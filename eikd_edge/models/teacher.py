@@ -108,7 +108,12 @@ def _resolve_spec(path: Path, overrides: dict[str, Any]) -> InputSpec:
     data: dict[str, Any] = {}
     sidecar = sidecar_path(path)
     if sidecar is not None:
-        data.update(read_sidecar(sidecar))
+        try:
+            data.update(read_sidecar(sidecar))
+        except EikdError as exc:  # a YAML parser error spans several lines (with ^ markers): keep it to one
+            raise EikdError(
+                _one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes"
+            ) from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     return InputSpec.from_dict(data, source=str(sidecar or "teacher spec"))
 
@@ -163,7 +168,7 @@ _FOREIGN = {
 
 def _foreign_hint(path: Path) -> str:
     kind = _FOREIGN.get(path.suffix.lower())
-    return f"; a {kind} file? give the PyTorch model it came from" if kind else ""
+    return f"; it looks like {kind}, not PyTorch: give the PyTorch model it came from" if kind else ""
 
 
 def _load_trusted_pickle(path: Path, _original: Exception) -> Any:
@@ -225,7 +230,7 @@ def _dry_forward(module: nn.Module, spec: InputSpec, path: Path) -> int:
     try:
         out = module(torch.zeros(2, 3, h, w))
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = _error_line(exc)
         raise EikdError(
             f"teacher {path.name} failed a dry forward on 3x{h}x{w} inputs ({first_line[:160]}); "
             "set the right input size in the sidecar or with --input-size"
@@ -235,6 +240,21 @@ def _dry_forward(module: nn.Module, spec: InputSpec, path: Path) -> int:
     if not torch.isfinite(out).all():
         raise EikdError(f"teacher {path.name} returns NaN or Inf on a blank image; check its weights")
     return int(out.shape[1])
+
+
+def _error_line(exc: Exception) -> str:
+    """The line of an exception that says what went wrong (TorchScript puts it last, after its own traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1]
+    return lines[0]
+
+
+def _one_line(text: str) -> str:
+    parts = [line.strip() for line in text.splitlines() if line.strip() and set(line.strip()) != {"^"}]
+    return " ".join(parts)
 
 
 def _describe(out: Any) -> str:
