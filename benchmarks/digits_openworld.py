@@ -22,7 +22,7 @@ from eikd_edge.distill import DistillInputs, distill
 
 VARIANTS: dict[str, list[str]] = {
     "eikd": [],
-    "eikd, student full softmax": ["loss.class_drop.student=full"],
+    "eikd, masked student softmax": ["loss.class_drop.student=masked"],
     "eikd, prototype score": ["selection.score=prototype"],
     "eikd w/o class-dropping": ["loss.class_drop.enabled=false"],
     "eikd w/o feature loss": ["loss.feature.enabled=false"],
@@ -57,11 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--only", nargs="*", default=None, help="variant name prefixes to run")
+    parser.add_argument("--only", nargs="*", default=None, help="variant names to run (exact)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override for every run")
     parser.add_argument("--out", type=Path, default=RESULTS / "digits_openworld.json")
     args = parser.parse_args()
     os.environ.setdefault("EIKD_NO_PROGRESS", "1")
-    variants = {k: v for k, v in VARIANTS.items() if not args.only or any(k.startswith(p) for p in args.only)}
+    variants = {k: [*args.overrides, *v] for k, v in VARIANTS.items() if not args.only or k in args.only}
     workdir = Path(tempfile.mkdtemp(prefix="eikd-bench-"))
     runs: dict[str, list[dict]] = {}
     cache = None

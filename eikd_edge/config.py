@@ -37,7 +37,7 @@ class ClassDropConfig(_Strict):
     top_k: int | None = Field(None, gt=0, description="keep the k most probable classes (overrides mass)")
     mass: float = Field(0.9, gt=0, le=1, description="keep the smallest class set reaching this teacher mass")
     student: Literal["masked", "full"] = Field(
-        "masked", description="masked: student softmax over the kept classes only; full: over every class"
+        "full", description="full: student softmax over every class (measured better); masked: kept classes only"
     )
 
 
