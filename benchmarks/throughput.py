@@ -80,12 +80,15 @@ def distill_vs_plain(teacher, recipe, device, images, t_logits, t_embed, steps: 
 
 
 def selection_vs_inference(teacher, pool: Path, device: torch.device, batch: int) -> dict[str, float]:
+    score_pool(teacher, pool, device, batch)  # warm-up: first-call costs (threads, allocator) are not the method's
     scores = score_pool(teacher, pool, device, batch)  # no cache: a full pass
     selection_ips = len(scores.paths) / scores.seconds
     from eikd_edge.data import DecodeReport, iter_decoded, scan_images
 
     decoded = torch.cat([b.images for b in iter_decoded(scan_images(pool), teacher.spec.input_size, 1024,
                                                         DecodeReport())])  # fmt: skip
+    with torch.inference_mode():  # warm-up, as for the selection pass
+        teacher.predict(normalize(decoded[:batch].to(device), teacher.spec))
     _sync(device)
     start = time.perf_counter()
     for begin in range(0, len(decoded), batch):

@@ -7,7 +7,7 @@ import os
 import stat
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -208,16 +208,26 @@ def iter_decoded(
     root: Path | None = None,
     workers: int | None = None,
 ) -> Iterator[DecodedBatch]:
-    """Decode in parallel threads, in order, one bounded batch at a time (memory stays flat on huge pools)."""
+    """Decode in parallel threads, in order, one bounded batch at a time (memory stays flat on huge pools).
+
+    The next batch is decoded while the caller works on the current one (PIL releases the GIL), so the teacher
+    is not left waiting on image decoding; at most two batches are in memory.
+    """
     workers = workers or min(8, os.cpu_count() or 1)
+    starts = range(0, len(paths), batch_size)
+
+    def submit(pool: ThreadPoolExecutor, start: int) -> list[Future[np.ndarray | str]]:
+        return [pool.submit(_decode_or_reason, p, input_size) for p in paths[start : start + batch_size]]
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            results = list(pool.map(lambda p: _decode_or_reason(p, input_size), chunk))
+        pending = submit(pool, 0) if len(paths) else []
+        for number, start in enumerate(starts):
+            results = [future.result() for future in pending]
+            pending = submit(pool, starts[number + 1]) if number + 1 < len(starts) else []
             indices, arrays = [], []
-            for offset, (path, result) in enumerate(zip(chunk, results, strict=True)):
+            for offset, result in enumerate(results):
                 if isinstance(result, str):
-                    report.add(_display(path, root), result)
+                    report.add(_display(paths[start + offset], root), result)
                 else:
                     indices.append(start + offset)
                     arrays.append(result)
