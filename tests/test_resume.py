@@ -64,6 +64,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, script_teache
     assert actual["agreement"] == expected["agreement"]
 
 
+@pytest.mark.slow  # once seen to hang past 120 s on a fresh CI clone (passes locally); under investigation
 def test_ctrl_c_exits_3_with_checkpoint_intact(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
     out = tmp_path / "run"
     command = _command(script_teacher, digit_images, out, epochs=1000)  # it can only end by the interrupt
