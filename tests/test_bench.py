@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from run_fixture import FixtureRun, fresh_run, torch_threads
+from run_fixture import FixtureRun, fresh_run
 from typer.testing import CliRunner
 
 from eikd_edge.bench import BenchOptions, BenchResult, bench_run
@@ -17,12 +16,6 @@ from eikd_edge.latency import latency_stats, time_calls
 
 runner = CliRunner()
 FAST = BenchOptions(batches=(1, 4), warmup=2, iters=12, budget_s=20.0, threads=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

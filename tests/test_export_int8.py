@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from run_fixture import FixtureRun, fresh_run, torch_threads
+from run_fixture import FixtureRun, fresh_run
 from typer.testing import CliRunner
 
 from eikd_edge.checkpoint import load_student
@@ -19,12 +18,6 @@ from eikd_edge.export.quantize import CANDIDATES
 from eikd_edge.runtime import OnnxPredictor, TorchPredictor
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from run_fixture import FixtureRun, fresh_run, torch_threads
+from run_fixture import FixtureRun, fresh_run
 from typer.testing import CliRunner
 
 from eikd_edge.checkpoint import StudentCheckpoint, load_student, save_student
@@ -23,12 +22,6 @@ from eikd_edge.models.zoo import build_model
 from eikd_edge.runtime import OnnxPredictor, TorchPredictor
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 CLASSES = tuple(f"c{i}" for i in range(10))

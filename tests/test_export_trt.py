@@ -9,14 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from run_fixture import FixtureRun, fresh_run, torch_threads
+from run_fixture import FixtureRun, fresh_run
 from typer.testing import CliRunner
 
 from eikd_edge.checkpoint import load_student
@@ -27,12 +26,6 @@ from eikd_edge.export.tensorrt import check_build_record, unavailable_reason
 from eikd_edge.export.trt_script import build_script
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 RECORD = {"tensorrt_version": "8.6.2.3", "gpu_name": "Orin", "compute_capability": "8.7", "cuda_version": "12.2"}

@@ -7,11 +7,10 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from run_fixture import fresh_run, torch_threads
+from run_fixture import fresh_run
 from typer.testing import CliRunner
 
 from eikd_edge.cli import app
@@ -21,12 +20,6 @@ from eikd_edge.report.model import SECTIONS
 runner = CliRunner()
 FAST = ["train.epochs=2", "train.batch_size=16", "student.width=0.5", "selection.batch_size=64"]
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 def _ok(args: list[str]) -> str:

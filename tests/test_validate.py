@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from run_fixture import FixtureRun, fresh_run, torch_threads
+from run_fixture import FixtureRun, fresh_run
 from typer.testing import CliRunner
 
 from eikd_edge.cli import app
@@ -18,12 +17,6 @@ from eikd_edge.export.fieldset import FieldImages
 from eikd_edge.validate import Reference, parity
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

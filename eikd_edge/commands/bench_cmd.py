@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from eikd_edge.bench import BACKENDS, BenchOptions, bench_run
+from eikd_edge.commands.options import RunFolder
 from eikd_edge.console import console
 from eikd_edge.errors import EikdError
 from eikd_edge.run import RunPaths
 
 
 def bench(
-    run: Annotated[Path, typer.Argument(help="Run folder (artifacts from `eikd-edge export` are measured too).")],
+    run: RunFolder,
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8,32",
     backends: Annotated[
         str, typer.Option("--backends", help=f"Comma-separated, from {','.join(BACKENDS)}.")

@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
+from eikd_edge.commands.options import RunFolder
 from eikd_edge.console import console, err_console
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
@@ -25,7 +26,7 @@ STATUS_STYLE = {
 
 
 def export(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `eikd-edge distill`.")],
+    run: RunFolder,
     onnx: Annotated[bool, typer.Option("--onnx", help="FP32 ONNX: dynamic batch, simplified, checked.")] = False,
     int8: Annotated[
         bool,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `eikd-edge distill` (and later commands).")]
 TeacherPath = Annotated[
     Path, typer.Option("--teacher", "-t", help="Teacher: TorchScript, .pt2, state_dict, or pickle.")
 ]

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import webbrowser
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from eikd_edge.commands.options import RunFolder
 from eikd_edge.console import console, err_console
 from eikd_edge.run import RunPaths
 
 
 def report(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `eikd-edge distill` (and export/validate/bench).")],
+    run: RunFolder,
     open_: Annotated[bool, typer.Option("--open", help="Open report.html in the default browser.")] = False,
     confusion: Annotated[
         bool,

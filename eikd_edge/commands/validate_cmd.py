@@ -9,6 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from eikd_edge.commands.options import RunFolder
 from eikd_edge.console import console, err_console
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.run import RunPaths
@@ -18,7 +19,7 @@ STATUS_STYLE = {"ok": "[green]ok[/]", "failed_gate": "[red]failed gate[/]", "fai
 
 
 def validate(
-    run: Annotated[Path, typer.Argument(help="Run folder with an export/ folder (see `eikd-edge export`).")],
+    run: RunFolder,
     images: Annotated[
         Path | None, typer.Option("--images", help="Field images to compare on (default: the run's holdout slice).")
     ] = None,
