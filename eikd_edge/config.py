@@ -24,6 +24,12 @@ class StudentConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
+    sampler: Literal["top", "odsd"] = Field(
+        "top", description="top: class-balanced top-scored (EIKD); odsd: sampled by closeness to the teacher's data"
+    )
+    odsd_temperature: float = Field(
+        0.1, gt=0, description="odsd: sampling temperature on the [0, 1] closeness (lower = closer to top-k)"
+    )
     score: Literal["confidence", "entropy", "energy", "prototype"] = "confidence"
     keep_fraction: float = Field(0.5, gt=0, le=1)
     balance: bool = True
@@ -47,6 +53,9 @@ class WeightedTerm(_Strict):
 
 
 class RelationConfig(WeightedTerm):
+    kind: Literal["kl", "contrastive"] = Field(
+        "kl", description="kl: EIKD's relation-matrix KL; contrastive: ODSD's denoised contrastive relation"
+    )
     temperature: float = Field(0.1, gt=0)
 
 
@@ -61,6 +70,29 @@ class AugmentConfig(_Strict):
     crop_pad: int = Field(2, ge=0, description="pad-and-random-crop, in pixels at training resolution")
     flip: bool = False
     jitter: float = Field(0.1, ge=0, le=1, description="brightness/contrast jitter strength")
+
+
+class CurriculumConfig(_Strict):
+    mode: Literal["none", "selfpaced"] = Field("none", description="selfpaced: CuDFKD easy-to-hard sample weights")
+    lambda_start: float = Field(1.0, description="λ at the first step, in units of the batch's mean loss")
+    lambda_end: float = Field(10.0, description="λ once the ramp is over (nearly every sample fully weighted)")
+    ramp: float = Field(0.5, ge=0, le=1, description="share of the steps over which λ rises")
+
+
+class SynthesisConfig(_Strict):
+    """Soft-targeted transfer-set synthesis (Z. Wang, AAAI 2021): images optimised so the teacher reproduces
+    soft targets sampled from a normal model of its feature space."""
+
+    count: int = Field(0, ge=0, description="images to synthesise and add to the pool (0 = none)")
+    steps: int = Field(200, gt=0, description="Adam steps per batch of images")
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(0.1, gt=0)
+    target_scale: float = Field(6.0, gt=0, description="mean feature length along the target class direction")
+    noise: float = Field(1.0, ge=0, description="feature noise, spread to classes by their similarity")
+    bn_weight: float = Field(0.05, ge=0, description="weight of the BatchNorm-statistics prior")
+    tv_weight: float = Field(1e-3, ge=0, description="weight of the smoothness (total variation) prior")
+    l2_weight: float = Field(1e-4, ge=0, description="weight of the pixel-norm prior")
+    seed: int = 0
 
 
 class TrainConfig(_Strict):
@@ -78,6 +110,7 @@ class TrainConfig(_Strict):
         "cached", description="cached: the selection pass's outputs; online: teacher re-run on each augmented batch"
     )
     augment: AugmentConfig = AugmentConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
 
 
 class Recipe(_Strict):
@@ -86,6 +119,7 @@ class Recipe(_Strict):
     selection: SelectionConfig = SelectionConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

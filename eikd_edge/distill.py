@@ -5,6 +5,7 @@ Checkpoints are atomic and written every epoch, so a killed run resumes (`resume
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +22,18 @@ from eikd_edge.distributed import DistContext, barrier, cleanup, init_distribute
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
+from eikd_edge.novel import NovelConfig, find_novel
 from eikd_edge.run import RunPaths
-from eikd_edge.scoring import PoolScores, score_pool
+from eikd_edge.scoring import PoolScores, merge_pools, progress_bar, score_pool
 from eikd_edge.selection import Selection, select
+from eikd_edge.synthesis import synthesize
 from eikd_edge.trainer import Trainer
 
 
 @dataclass(frozen=True)
 class DistillInputs:
     teacher: Path
-    unlabeled: Path
+    unlabeled: Path | None  # None: data-free, synthetic images only (recipe synthesis.count > 0)
     val: Path | None = None
     teacher_arch: str | None = None
     trust_pickle: bool = False
@@ -42,7 +45,7 @@ class DistillInputs:
             "teacher_arch": self.teacher_arch,
             "trust_pickle": self.trust_pickle,
             "spec_overrides": dict(self.spec_overrides),
-            "unlabeled": str(Path(self.unlabeled).resolve()),
+            "unlabeled": str(Path(self.unlabeled).resolve()) if self.unlabeled else None,
             "val": str(Path(self.val).resolve()) if self.val else None,
         }
 
@@ -75,17 +78,55 @@ def run_selection(
     teacher: TeacherModel | None = None,
     device: torch.device | None = None,
     ctx: DistContext | None = None,
-) -> tuple[TeacherModel, Selection]:
-    """Score the pool with the teacher (cached in the run folder) and write selection.json."""
+    novel: NovelConfig | None = None,
+) -> tuple[TeacherModel, Selection, dict[str, Any]]:
+    """Score the pool (field images, synthetic ones, or both) with the teacher and write selection.json.
+
+    Returns the teacher, the selection and the extra sections written beside it ("synthesis", "novel").
+    """
     ctx = ctx or DistContext()
     device = device or resolve_device(recipe.train.device, ctx)
     teacher = (teacher or load_inputs_teacher(inputs)).to(device)
     run = RunPaths(Path(out))
-    pool = score_pool(teacher, inputs.unlabeled, device, recipe.selection.batch_size, run.teacher_outputs, ctx)
+    if inputs.unlabeled is None and recipe.synthesis.count == 0:
+        raise EikdError("no training images: give --unlabeled DIR, or --synthesize N for data-free distillation")
+    batch, want_bn = recipe.selection.batch_size, recipe.selection.sampler == "odsd"
+    pools: list[PoolScores] = []
+    extras: dict[str, Any] = {}
+    if inputs.unlabeled is not None:
+        pools.append(score_pool(teacher, inputs.unlabeled, device, batch, run.teacher_outputs, ctx, want_bn))
+    if recipe.synthesis.count > 0:
+        extras["synthesis"] = _synthesize_for_run(teacher, recipe, run, device, ctx)
+        pools.append(score_pool(teacher, run.synthetic, device, batch, run.synthetic_outputs, ctx, want_bn))
+    pool = pools[0] if len(pools) == 1 else merge_pools(pools[0], pools[1])
     selection = select(pool, teacher.spec.classes, recipe.selection, recipe.method, recipe.train.seed)
+    if novel is not None:
+        report = find_novel(pool.logits, pool.embeddings, pool.paths, teacher.spec.classes, novel)
+        extras["novel"] = report.to_json()
     if ctx.is_main:
-        write_json_atomic(run.selection, selection.to_json())
-    return teacher, selection
+        write_json_atomic(run.selection, {**selection.to_json(), **extras})
+    return teacher, selection, extras
+
+
+def _synthesize_for_run(
+    teacher: TeacherModel, recipe: Recipe, run: RunPaths, device: torch.device, ctx: DistContext
+) -> dict[str, Any]:
+    """Synthesise into RUN/synthetic on rank 0 (reused while the teacher and settings match); others wait."""
+    summary: dict[str, Any] = {}
+    if ctx.is_main:
+        show = not os.environ.get("EIKD_NO_PROGRESS")
+        with progress_bar(disable=not show) as bar:
+            result = synthesize(teacher, recipe.synthesis.count, recipe.synthesis, run.synthetic, device, bar)
+        summary = {
+            "count": result.count,
+            "seconds": round(result.seconds, 3),
+            "reused": result.reused,
+            "teacher_fit": round(result.fit, 4),
+            "bn_prior": result.bn_prior,
+            "folder": str(result.folder),
+        }
+    barrier(ctx)
+    return summary
 
 
 def prepare_run_folder(run: RunPaths, resume: bool, overwrite: bool) -> None:
@@ -143,7 +184,7 @@ def _distill(
         _check_resume_recipe(run, recipe, resume)
     barrier(ctx)
     torch.manual_seed(recipe.train.seed)
-    teacher, selection = run_selection(inputs, recipe, run.root, device=device, ctx=ctx)
+    teacher, selection, extras = run_selection(inputs, recipe, run.root, device=device, ctx=ctx)
     if ctx.is_main:
         write_yaml_atomic(
             run.recipe, {"eikd_edge_version": __version__, "inputs": inputs.to_dict(), "recipe": recipe.dump()}
@@ -158,6 +199,8 @@ def _distill(
     trainer = Trainer(recipe, teacher, spec, device, ctx, run)
     trainer.fit(pool, train_images, train_idx, hold_images, hold_idx, val, resume)
     metrics = trainer.metrics(selection, inputs.val) if ctx.is_main else {}
+    if ctx.is_main and "synthesis" in extras:
+        metrics["synthesis"] = extras["synthesis"]
     if ctx.is_main:
         write_json_atomic(run.metrics, metrics)
     barrier(ctx)

@@ -1,6 +1,8 @@
-"""The distillation losses of EIKD (class-dropping KD, explicit features, implicit relations) and DFND's.
+"""The distillation losses: EIKD's (class-dropping KD, explicit features, implicit relations), DFND's noise
+adaptation, ODSD's denoised contrastive relation, and CuDFKD's self-paced sample weights.
 
-Each function is pure (tensors in, scalar out) so the mathematics can be tested on hand-computed values.
+Each function is pure (tensors in, tensor out) so the mathematics can be tested on hand-computed values. Losses
+return one value per sample (`reduction="none"`) so a curriculum can weight samples before the batch mean.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def class_drop_kd(
     temperature: float,
     mask: torch.Tensor | None = None,
     mask_student: bool = True,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """τ² · KL(p̃_T ‖ p̃_S) over the kept classes; dropped classes are masked out of the teacher's softmax and,
     with `mask_student`, out of the student's too (else the student's full softmax is matched to p̃_T, which
@@ -49,13 +52,23 @@ def class_drop_kd(
     log_p_t = F.log_softmax(z, dim=1)
     p_t = log_p_t.exp()
     terms = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t))
-    return (t * t) * terms.sum(dim=1).mean()
+    return _reduce((t * t) * terms.sum(dim=1), reduction)
 
 
-def feature_loss(projected_student: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_sample
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def feature_loss(
+    projected_student: torch.Tensor, teacher_embedding: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """‖norm(g(f_S)) − norm(f_T)‖², averaged over the batch (0 for aligned, 4 for opposite directions)."""
     diff = F.normalize(projected_student.float(), dim=1) - F.normalize(teacher_embedding.float(), dim=1)
-    return diff.pow(2).sum(dim=1).mean()
+    return _reduce(diff.pow(2).sum(dim=1), reduction)
 
 
 def relation_matrix_log(embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -66,16 +79,56 @@ def relation_matrix_log(embeddings: torch.Tensor, temperature: float) -> torch.T
     return F.log_softmax(similarity.masked_fill(eye, float("-inf")), dim=1)
 
 
-def relation_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, temperature: float) -> torch.Tensor:
+def relation_loss(
+    student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, temperature: float, reduction: str = "mean"
+) -> torch.Tensor:
     """KL(A_T ‖ A_S) averaged over rows: the student keeps the teacher's similarity structure within a batch."""
     if student_embedding.shape[0] < 3:
-        return student_embedding.sum() * 0.0
+        return _reduce(student_embedding.float().sum(dim=1) * 0.0, reduction)
     log_a_s = relation_matrix_log(student_embedding, temperature)
     log_a_t = relation_matrix_log(teacher_embedding, temperature)
     a_t = log_a_t.exp()
     off_diagonal = ~torch.eye(a_t.shape[0], dtype=torch.bool, device=a_t.device)
     terms = torch.where(off_diagonal, a_t * (log_a_t - log_a_s), torch.zeros_like(a_t))
-    return terms.sum(dim=1).mean()
+    return _reduce(terms.sum(dim=1), reduction)
+
+
+def contrastive_relation_loss(
+    projected_student: torch.Tensor,
+    teacher_embedding: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """ODSD's denoised contrastive relation: each student sample must pick out its own teacher embedding
+    among the batch's, L_i = −log(e^(s_i·t_i/τ) / Σ_j w_ij e^(s_i·t_j/τ)), with w_ii = 1 and, for j ≠ i,
+    w_ij = 1 − Σ_c p_ic p_jc, the teacher's probability that i and j belong to different classes.
+
+    A pair the teacher places in one class is not pushed apart (it is likely a false negative), and a pair whose
+    relation the teacher is unsure of counts only in part: unreliable relations are down-weighted.
+    """
+    s = F.normalize(projected_student.float(), dim=1)
+    t = F.normalize(teacher_embedding.float(), dim=1)
+    probs = teacher_logits.float().softmax(dim=1)
+    weights = (1.0 - probs @ probs.T).clamp_min(0.0)
+    weights.fill_diagonal_(1.0)
+    scores = s @ t.T / temperature
+    log_denominator = torch.logsumexp(scores + weights.clamp_min(1e-12).log(), dim=1)
+    return _reduce(log_denominator - scores.diagonal(), reduction)
+
+
+def selfpaced_weights(losses: torch.Tensor, lam: float) -> torch.Tensor:
+    """CuDFKD's self-paced weights v = (1 + e^(−λ)) / (1 + e^(ℓ − λ)): 1 at ℓ = 0, ½(1 + e^(−λ)) at ℓ = λ, → 0
+    for ℓ ≫ λ. Samples the student already fits count fully; as λ grows, harder ones are let in."""
+    losses = losses.detach().float()
+    return (1.0 + torch.exp(torch.tensor(-lam))) * torch.sigmoid(lam - losses)
+
+
+def selfpaced_lambda(progress: float, start: float, end: float, ramp: float) -> float:
+    """λ rises linearly from `start` to `end` over the first `ramp` fraction of training, then stays."""
+    if ramp <= 0:
+        return end
+    return start + (end - start) * min(1.0, max(0.0, progress) / ramp)
 
 
 class NoiseAdaptation(nn.Module):
@@ -87,8 +140,10 @@ class NoiseAdaptation(nn.Module):
         init = torch.full((num_classes, num_classes), off).fill_diagonal_(init_diagonal)
         self.logits = nn.Parameter(init.log())
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
         """NLL of the teacher's hard label under the student's prediction passed through Q."""
         transition = self.logits.softmax(dim=1)
         adapted = student_logits.float().softmax(dim=1) @ transition
-        return F.nll_loss(adapted.clamp_min(1e-8).log(), teacher_logits.argmax(dim=1))
+        return F.nll_loss(adapted.clamp_min(1e-8).log(), teacher_logits.argmax(dim=1), reduction=reduction)

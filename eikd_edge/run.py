@@ -44,6 +44,15 @@ class RunPaths:
         return self.cache / "teacher_outputs.pt"
 
     @property
+    def synthetic(self) -> Path:
+        """Images synthesised for this run (`distill --synthesize N`), reused while teacher and settings match."""
+        return self.root / "synthetic"
+
+    @property
+    def synthetic_outputs(self) -> Path:
+        return self.cache / "synthetic_outputs.pt"
+
+    @property
     def export_dir(self) -> Path:
         return self.root / "export"
 

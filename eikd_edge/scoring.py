@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,6 +16,7 @@ from eikd_edge.checkpoint import save_torch_atomic
 from eikd_edge.data import DecodeReport, display_name, iter_decoded, normalize, scan_images
 from eikd_edge.distributed import DistContext, gather_objects, shard_range
 from eikd_edge.errors import EikdError
+from eikd_edge.models.bn_stats import BatchNormTaps, batchnorm_layers, per_sample_deviation
 from eikd_edge.models.teacher import TeacherModel
 
 
@@ -30,6 +32,38 @@ class PoolScores:
     skipped: dict[str, object]
     seconds: float
     from_cache: bool
+    bn_deviation: torch.Tensor | None = None  # float32 [N]; set when asked for and the teacher has BatchNorm layers
+
+
+def merge_pools(first: PoolScores, second: PoolScores) -> PoolScores:
+    """One pool from two folders (field images and synthetic ones): paths become relative to their common root."""
+    root = Path(os.path.commonpath([first.root.resolve(), second.root.resolve()]))
+
+    def rebase(pool: PoolScores) -> list[str]:
+        prefix = pool.root.resolve().relative_to(root)
+        return [(prefix / p).as_posix() for p in pool.paths]
+
+    deviations = [first.bn_deviation, second.bn_deviation]
+    return PoolScores(
+        root=root,
+        paths=rebase(first) + rebase(second),
+        logits=torch.cat([first.logits, second.logits]),
+        embeddings=torch.cat([first.embeddings, second.embeddings]),
+        files=first.files + second.files,
+        skipped=_merge_skipped(first.skipped, second.skipped),
+        seconds=first.seconds + second.seconds,
+        from_cache=first.from_cache and second.from_cache,
+        bn_deviation=torch.cat(deviations) if all(d is not None for d in deviations) else None,  # type: ignore[misc]
+    )
+
+
+def _merge_skipped(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Add up two DecodeReport summaries."""
+    reasons = dict(a.get("by_reason", {}))
+    for reason, n in b.get("by_reason", {}).items():
+        reasons[reason] = reasons.get(reason, 0) + n
+    sample = [*a.get("sample", []), *b.get("sample", [])][:20]
+    return {"count": int(a.get("count", 0)) + int(b.get("count", 0)), "by_reason": reasons, "sample": sample}
 
 
 def progress_bar(disable: bool = False) -> Progress:
@@ -67,8 +101,12 @@ def score_pool(
     batch_size: int = 256,
     cache: Path | None = None,
     ctx: DistContext | None = None,
+    bn_deviation: bool = False,
 ) -> PoolScores:
-    """Run the teacher once over the pool (this rank's shard), reuse a matching cache, gather across ranks."""
+    """Run the teacher once over the pool (this rank's shard), reuse a matching cache, gather across ranks.
+
+    With `bn_deviation`, the same pass also measures each image's distance to the teacher's BatchNorm statistics.
+    """
     import time
 
     ctx = ctx or DistContext()
@@ -77,16 +115,18 @@ def score_pool(
     if not paths:
         raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
     fingerprint = pool_fingerprint(root, paths, teacher)
+    want_bn = bn_deviation and bool(batchnorm_layers(teacher.module))
     cached = _read_cache(cache, fingerprint)
-    if cached is not None:
+    if cached is not None and (cached.bn_deviation is not None or not want_bn):
         return cached
     started = time.perf_counter()
     start, end = shard_range(len(paths), ctx)
-    shard = _score_shard(teacher, paths[start:end], root, device, batch_size, ctx, offset=start, total=len(paths))
+    shard = _score_shard(teacher, paths[start:end], root, device, batch_size, ctx, start, want_bn)
     parts = gather_objects(shard, ctx)
     indices = [i for part in parts for i in part[0]]
     logits = torch.cat([part[1] for part in parts])
     embeddings = torch.cat([part[2] for part in parts])
+    deviation = torch.cat([part[4] for part in parts]) if want_bn else None
     report = DecodeReport()
     for part in parts:
         report.skipped.extend(part[3].skipped)
@@ -101,6 +141,7 @@ def score_pool(
         skipped=report.summary(),
         seconds=time.perf_counter() - started,
         from_cache=False,
+        bn_deviation=deviation,
     )
     if cache is not None and ctx.is_main:
         _write_cache(cache, fingerprint, scores)
@@ -115,8 +156,8 @@ def _score_shard(
     batch_size: int,
     ctx: DistContext,
     offset: int,
-    total: int,
-) -> tuple[list[int], torch.Tensor, torch.Tensor, DecodeReport]:
+    want_bn: bool,
+) -> tuple[list[int], torch.Tensor, torch.Tensor, DecodeReport, torch.Tensor]:
     import time
 
     report = DecodeReport()
@@ -126,6 +167,8 @@ def _score_shard(
     width = teacher.embedding_dim or teacher.num_classes
     logits = torch.empty(len(paths), teacher.num_classes)
     embeddings = torch.empty(len(paths), width)
+    deviation = torch.empty(len(paths))
+    taps = BatchNormTaps(teacher.module) if want_bn else None
     count = 0
     started = time.perf_counter()
     show = ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
@@ -142,15 +185,19 @@ def _score_shard(
             n = len(batch.indices)
             logits[count : count + n].copy_(batch_logits)
             embeddings[count : count + n].copy_(batch_embeddings)
+            if taps is not None:
+                deviation[count : count + n].copy_(per_sample_deviation(taps.pop()))
             count += n
             indices.extend(offset + i for i in batch.indices)
             done = batch.indices[-1] + 1
             rate = done / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=done * ctx.world_size, rate=f"{rate * ctx.world_size:,.0f} img/s")
         bar.update(task, completed=len(paths) * ctx.world_size)
+    if taps is not None:
+        taps.remove()
     if count < len(paths):  # skipped files: copy out the filled rows (a view would drag the whole buffer along)
-        logits, embeddings = logits[:count].clone(), embeddings[:count].clone()
-    return indices, logits, embeddings, report
+        logits, embeddings, deviation = logits[:count].clone(), embeddings[:count].clone(), deviation[:count].clone()
+    return indices, logits, embeddings, report, deviation
 
 
 def _check_finite(
@@ -198,6 +245,7 @@ def _read_cache(cache: Path | None, fingerprint: str) -> PoolScores | None:
         skipped=data["skipped"],
         seconds=0.0,
         from_cache=True,
+        bn_deviation=data.get("bn_deviation"),
     )
 
 
@@ -212,5 +260,6 @@ def _write_cache(cache: Path, fingerprint: str, scores: PoolScores) -> None:
             "embeddings": scores.embeddings,
             "files": scores.files,
             "skipped": scores.skipped,
+            "bn_deviation": scores.bn_deviation,
         },
     )

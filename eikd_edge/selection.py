@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from eikd_edge.config import SelectionConfig
+from eikd_edge.prototypes import own_prototype_cosine
 from eikd_edge.scoring import PoolScores
 
 
@@ -23,19 +24,36 @@ def in_distribution_scores(logits: torch.Tensor, embeddings: torch.Tensor, kind:
     if kind == "energy":
         return torch.logsumexp(logits, dim=1)  # -energy
     if kind == "prototype":
-        return prototype_cosine(probs, embeddings)
+        return own_prototype_cosine(probs, embeddings)
     raise ValueError(f"unknown score {kind!r}")
 
 
-def prototype_cosine(probs: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-    """Cosine to the confidence-weighted mean embedding of the sample's predicted class."""
-    normed = F.normalize(embeddings, dim=1)
-    predicted = probs.argmax(dim=1)
-    confidence = probs.max(dim=1).values
-    prototypes = torch.zeros(probs.shape[1], normed.shape[1])
-    prototypes.index_add_(0, predicted, normed * confidence[:, None])
-    prototypes = F.normalize(prototypes, dim=1)
-    return (normed * prototypes[predicted]).sum(dim=1)
+def percentile_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Each value's rank scaled to [0, 1] (ties share the mean rank), so scores of any scale can be averaged."""
+    n = len(values)
+    if n < 2:
+        return torch.ones(n)
+    v = values.double().numpy()
+    ranks = np.empty(n)
+    ranks[np.argsort(v, kind="stable")] = np.arange(n)
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    mean_rank = np.bincount(inverse, weights=ranks)[inverse] / counts[inverse]
+    return torch.from_numpy(mean_rank / (n - 1)).float()
+
+
+def odsd_closeness(probs: torch.Tensor, embeddings: torch.Tensor, bn_deviation: torch.Tensor | None) -> torch.Tensor:
+    """ODSD's closeness to the original distribution as the teacher sees it, in [0, 1]: the mean percentile rank
+    of the cosine to the predicted class's prototype and, where the teacher has BatchNorm layers, of the
+    (negated) distance to its BatchNorm statistics."""
+    ranks = [percentile_ranks(own_prototype_cosine(probs, embeddings))]
+    if bn_deviation is not None:
+        ranks.append(percentile_ranks(-bn_deviation))
+    return torch.stack(ranks).mean(dim=0)
+
+
+def gumbel_keys(closeness: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Sort keys whose top-k is a draw without replacement with P(i) ∝ exp(closeness_i / temperature)."""
+    return closeness / temperature + rng.gumbel(size=closeness.shape)
 
 
 def balanced_quotas(candidates: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +113,7 @@ class Selection:
     selected: np.ndarray  # [N] bool
     split: np.ndarray  # [N] "train" | "holdout" | ""
     per_class: list[dict[str, Any]]
+    closeness_from: list[str] = field(default_factory=list)  # ODSD only: the signals behind `score`
 
     @property
     def train_indices(self) -> np.ndarray:
@@ -108,6 +127,8 @@ class Selection:
         deficits = [c["name"] for c in self.per_class if c["deficit"] > 0]
         return {
             "method": self.method,
+            "sampler": "odsd" if self.closeness_from else "top",
+            "closeness_from": self.closeness_from,
             "settings": self.config.model_dump(mode="json"),
             "pool": {
                 "root": str(self.pool.root),
@@ -142,12 +163,18 @@ def select(
     probs = pool.logits.softmax(dim=1)
     predicted = probs.argmax(dim=1).numpy()
     confidence = probs.max(dim=1).values.numpy()
-    score_kind = "confidence" if method == "dfnd" else config.score
-    score = in_distribution_scores(pool.logits, pool.embeddings, score_kind).numpy()
     count = len(pool.paths)
     budget = max(1, round(config.keep_fraction * count))
     rng = np.random.default_rng(seed)
-    ranked = _ranked_per_class(pool, predicted, score, len(classes), config)
+    odsd = config.sampler == "odsd" and method == "eikd"
+    if odsd:  # sampled, not thresholded: near-distribution images are likely, and the subset stays diverse
+        score = odsd_closeness(probs, pool.embeddings, pool.bn_deviation).numpy()
+        order_key = gumbel_keys(score, config.odsd_temperature, np.random.default_rng([seed, 1]))
+    else:
+        score_kind = "confidence" if method == "dfnd" else config.score
+        score = in_distribution_scores(pool.logits, pool.embeddings, score_kind).numpy()
+        order_key = score
+    ranked = _ranked_per_class(pool, predicted, order_key, len(classes), config)
     candidates = np.array([len(members) for members in ranked], dtype=np.int64)
     if config.balance:
         take, deficit = balanced_quotas(candidates, min(budget, int(candidates.sum())))
@@ -156,7 +183,7 @@ def select(
     eikd_choice = (
         np.sort(np.concatenate([members[:quota] for members, quota in zip(ranked, take, strict=True)]))
         if config.balance
-        else np.argsort(-score, kind="stable")[:budget]
+        else np.argsort(-order_key, kind="stable")[:budget]
     )
     size = len(eikd_choice)  # baselines get a subset of the same size, for an honest comparison
     chosen: np.ndarray
@@ -181,17 +208,36 @@ def select(
         }
         for c, name in enumerate(classes)
     ]
-    return Selection(pool, classes, method, config, predicted, confidence, score, selected, split, per_class)
+    return Selection(
+        pool,
+        classes,
+        method,
+        config,
+        predicted,
+        confidence,
+        score,
+        selected,
+        split,
+        per_class,
+        odsd_signals(pool, odsd),
+    )
+
+
+def odsd_signals(pool: PoolScores, odsd: bool) -> list[str]:
+    """What ODSD's closeness was computed from, for selection.json and the summary."""
+    if not odsd:
+        return []
+    return ["prototype cosine"] + (["BatchNorm statistics"] if pool.bn_deviation is not None else [])
 
 
 def _ranked_per_class(
-    pool: PoolScores, predicted: np.ndarray, score: np.ndarray, num_classes: int, config: SelectionConfig
+    pool: PoolScores, predicted: np.ndarray, order_key: np.ndarray, num_classes: int, config: SelectionConfig
 ) -> list[np.ndarray]:
     """Each class's candidates, best first, with near-duplicates already removed (so quotas count real options)."""
     ranked = []
     for c in range(num_classes):
         members = np.flatnonzero(predicted == c)
-        ordered = members[np.argsort(-score[members], kind="stable")]
+        ordered = members[np.argsort(-order_key[members], kind="stable")]
         if config.dedup_threshold is not None:
             ordered = drop_near_duplicates(pool.embeddings, ordered, config.dedup_threshold)
         ranked.append(ordered)

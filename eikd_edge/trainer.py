@@ -24,7 +24,7 @@ from eikd_edge.models.zoo import build_model, count_macs, count_parameters
 from eikd_edge.run import RunPaths
 from eikd_edge.scoring import PoolScores, progress_bar
 from eikd_edge.selection import Selection
-from eikd_edge.training import DistillNet, augment, distillation_loss, warmup_cosine
+from eikd_edge.training import DistillNet, augment, distillation_loss, uses_projector, warmup_cosine
 
 
 @torch.no_grad()
@@ -63,8 +63,9 @@ class Trainer:
         self.arch_kwargs = {"width": recipe.student.width} if recipe.student.width != 1.0 else {}
         self.student = build_model(recipe.student.arch, teacher.num_classes, **self.arch_kwargs)
         teacher_dim = teacher.embedding_dim or teacher.num_classes
-        use_projector = recipe.method in ("eikd", "random") and recipe.loss.feature.enabled
-        self.net = DistillNet(self.student, teacher.num_classes, teacher_dim, use_projector, recipe.method == "dfnd")
+        self.net = DistillNet(
+            self.student, teacher.num_classes, teacher_dim, uses_projector(recipe), recipe.method == "dfnd"
+        )
         self.net.to(device)
         if device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
@@ -86,6 +87,7 @@ class Trainer:
         self.wall_s = 0.0
         self.images_seen = 0
         self.teacher_val_top1: float | None = None
+        self.total_steps = 0
 
     def configure_schedule(self, total_steps: int, warmup_steps: int) -> None:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -189,7 +191,8 @@ class Trainer:
             t_logits, t_embed = t_logits.float(), t_embed.float()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits, embedding, projected = self.ddp(x)
-        terms = distillation_loss(self.net, self.recipe, logits, embedding, projected, t_logits, t_embed)
+        progress = self.step / max(1, self.total_steps)
+        terms = distillation_loss(self.net, self.recipe, logits, embedding, projected, t_logits, t_embed, progress)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()

@@ -9,7 +9,16 @@ import torch
 from torch import nn
 
 from eikd_edge.config import AugmentConfig, Recipe
-from eikd_edge.losses import NoiseAdaptation, class_drop_kd, feature_loss, kept_class_mask, relation_loss
+from eikd_edge.losses import (
+    NoiseAdaptation,
+    class_drop_kd,
+    contrastive_relation_loss,
+    feature_loss,
+    kept_class_mask,
+    relation_loss,
+    selfpaced_lambda,
+    selfpaced_weights,
+)
 from eikd_edge.models.taps import EmbeddingHook, find_classifier
 
 
@@ -76,6 +85,14 @@ class LossTerms:
     parts: dict[str, float]
 
 
+def uses_projector(recipe: Recipe) -> bool:
+    """The feature loss and the contrastive relation both compare g(f_S) with the teacher's embedding."""
+    if recipe.method not in ("eikd", "random"):
+        return False
+    relation = recipe.loss.relation
+    return recipe.loss.feature.enabled or (relation.enabled and relation.kind == "contrastive")
+
+
 def distillation_loss(
     net: nn.Module,
     recipe: Recipe,
@@ -84,8 +101,14 @@ def distillation_loss(
     projected: torch.Tensor,
     teacher_logits: torch.Tensor,
     teacher_embedding: torch.Tensor,
+    progress: float = 0.0,
 ) -> LossTerms:
-    """L = L_cd + α·L_feat + β·L_rel for EIKD (and `random`); Hinton KD for `kd`; KD + noise adaptation for `dfnd`."""
+    """L = L_cd + α·L_feat + β·L_rel for EIKD (and `random`); Hinton KD for `kd`; KD + noise adaptation for `dfnd`.
+
+    Terms are computed per sample; the batch loss is their mean, or with the self-paced curriculum the
+    v-weighted mean Σ v_i ℓ_i / Σ v_i (the curriculum decides which samples count, not the step size), with v
+    computed on ℓ_i / mean(ℓ) so that λ is in units of the batch's mean loss and one schedule fits any loss scale.
+    """
     cfg = recipe.loss
     parts: dict[str, torch.Tensor] = {}
     eikd_like = recipe.method in ("eikd", "random")
@@ -93,16 +116,30 @@ def distillation_loss(
     if eikd_like and cfg.class_drop.enabled:
         mask = kept_class_mask(teacher_logits, cfg.class_drop.top_k, cfg.class_drop.mass)
     parts["kd"] = class_drop_kd(
-        student_logits, teacher_logits, cfg.temperature, mask, cfg.class_drop.student == "masked"
+        student_logits, teacher_logits, cfg.temperature, mask, cfg.class_drop.student == "masked", reduction="none"
     )
     if eikd_like and cfg.feature.enabled and cfg.feature.weight > 0:
-        parts["feature"] = cfg.feature.weight * feature_loss(projected, teacher_embedding)
+        parts["feature"] = cfg.feature.weight * feature_loss(projected, teacher_embedding, reduction="none")
     if eikd_like and cfg.relation.enabled and cfg.relation.weight > 0:
-        parts["relation"] = cfg.relation.weight * relation_loss(
-            student_embedding, teacher_embedding, cfg.relation.temperature
-        )
+        if cfg.relation.kind == "contrastive":
+            relation = contrastive_relation_loss(
+                projected, teacher_embedding, teacher_logits, cfg.relation.temperature, reduction="none"
+            )
+        else:
+            relation = relation_loss(student_embedding, teacher_embedding, cfg.relation.temperature, reduction="none")
+        parts["relation"] = cfg.relation.weight * relation
     noise = getattr(net, "noise", None)
     if recipe.method == "dfnd" and noise is not None:
-        parts["noise"] = noise(student_logits, teacher_logits)
-    total = sum(parts.values(), start=torch.zeros((), device=student_logits.device))
-    return LossTerms(total, {k: float(v.detach()) for k, v in parts.items()})
+        parts["noise"] = noise(student_logits, teacher_logits, reduction="none")
+    per_sample = torch.stack(list(parts.values())).sum(dim=0)
+    logged = {k: float(v.detach().mean()) for k, v in parts.items()}
+    curriculum = recipe.train.curriculum
+    if curriculum.mode == "selfpaced":
+        lam = selfpaced_lambda(progress, curriculum.lambda_start, curriculum.lambda_end, curriculum.ramp)
+        relative = per_sample.detach() / per_sample.detach().mean().clamp_min(1e-12)  # λ in batch-mean units
+        weights = selfpaced_weights(relative, lam)
+        total = (weights * per_sample).sum() / weights.sum().clamp_min(1e-12)
+        logged["curriculum_weight"] = float(weights.mean())
+    else:
+        total = per_sample.mean()
+    return LossTerms(total, logged)

@@ -133,6 +133,69 @@ def test_missing_thumbnails_are_skipped(run: Path, tmp_path: Path) -> None:
     assert "no field images available" in html and "confusion matrices skipped" in html
 
 
+NOVEL = {  # the shape of eikd_edge.novel.NovelReport.to_json(), as `select` writes it into selection.json
+    "count": 5,
+    "pool_size": 48,
+    "max_confidence": 0.5,
+    "cosine_threshold": 0.9091,
+    "clusters": [
+        {
+            "id": 0,
+            "size": 3,
+            "nearest_class": "7",
+            "nearest_cosine": 0.8123,
+            "mean_confidence": 0.3141,
+            "examples": ["1500.png", "1501.png", "gone.png"],
+        },
+        {
+            "id": 1,
+            "size": 2,
+            "nearest_class": "4",
+            "nearest_cosine": 0.7,
+            "mean_confidence": 0.42,
+            "examples": ["1502.png", "1503.png"],
+        },
+    ],
+}
+
+
+def test_novel_section_appears_only_with_a_novel_entry(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """selection.json without "novel": the page as before; with it: summary, cluster table, one thumbnail row each."""
+    root = fresh_run(tmp_path_factory, "report-novel").root
+    _ok(["report", str(root), "--no-confusion"])
+    plain_md, plain_html = (root / "report.md").read_text(), (root / "report.html").read_text()
+    for page in (plain_md, plain_html):
+        assert "Novel field samples" not in page and "novel-sample" not in page and "#novel" not in page
+    assert 'id="novel"' not in plain_html
+    plain = Report.model_validate_json((root / "report.json").read_text())
+    assert plain.novel is None and plain.sections == SECTIONS
+
+    selection = json.loads((root / "selection.json").read_text())
+    (root / "selection.json").write_text(json.dumps({**selection, "novel": NOVEL}))
+    output = _ok(["report", str(root), "--no-confusion"])
+    markdown, html = (root / "report.md").read_text(), (root / "report.html").read_text()
+    assert "novel: 5 of 48 field images" in output
+    assert markdown.index("## Selection") < markdown.index("## Novel field samples") < markdown.index("## Training")
+    assert "5 of 48 field images (10.4%) the teacher cannot place" in markdown and "below 0.909" in markdown
+    assert "| 0 | 3 | 7 | 0.812 | 0.31 |" in markdown and "| 1 | 2 | 4 | 0.700 | 0.42 |" in markdown
+    assert "- cluster 0 (nearest 7): `1500.png`, `1501.png`, `gone.png`" in markdown
+    novel_block = markdown[markdown.index("## Novel field samples") : markdown.index("## Training")]
+    meta = re.compile(r"^eikd-edge .*$", re.MULTILINE)  # the creation time line differs between the two runs
+    assert meta.sub("", markdown.replace(novel_block, "")) == meta.sub("", plain_md)
+    assert '<section id="novel"><h2>Novel field samples</h2>' in html and '<a href="#novel">' in html
+    assert "<td>0.812</td>" in html and '<td class="l">7</td>' in html
+    figure = re.search(r'<img alt="(Examples per novel-sample cluster[^"]*)" src="data:image/png;base64,', html)
+    assert figure and "(1 image(s) missing from the pool)" in figure.group(1)
+    assert html.count("<img") == plain_html.count("<img") + 1
+    report = Report.model_validate_json((root / "report.json").read_text())
+    assert report.novel is not None and report.novel.model_dump() == NOVEL
+    assert list(report.sections).index("novel") == list(report.sections).index("selection") + 1
+
+    (root / "selection.json").write_text(json.dumps({**selection, "novel": {"count": "many"}}))
+    _ok(["report", str(root), "--no-confusion"])  # an unreadable entry is a note, not a crash
+    assert "novel-sample entry is from another eikd-edge version" in (root / "report.md").read_text()
+
+
 def test_missing_run_folder_is_one_line_exit_1(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 1

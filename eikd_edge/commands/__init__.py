@@ -13,8 +13,18 @@ def register_all(app: typer.Typer) -> None:
         inspect_cmd,
         models_cmd,
         report_cmd,
+        synthesize_cmd,
         validate_cmd,
     )
 
-    for module in (distill_cmd, export_cmd, validate_cmd, bench_cmd, report_cmd, models_cmd, inspect_cmd):
+    for module in (
+        distill_cmd,
+        synthesize_cmd,
+        export_cmd,
+        validate_cmd,
+        bench_cmd,
+        report_cmd,
+        models_cmd,
+        inspect_cmd,
+    ):
         module.register(app)

@@ -17,14 +17,23 @@ from eikd_edge.commands.options import (
     TrustPickle,
     spec_overrides,
 )
-from eikd_edge.commands.summary import print_distill_summary, print_selection_summary
+from eikd_edge.commands.summary import print_distill_summary, print_novel_summary, print_selection_summary
 from eikd_edge.config import load_recipe
 from eikd_edge.console import console
 from eikd_edge.distill import DistillInputs, distill, run_selection
 from eikd_edge.errors import EikdError
+from eikd_edge.novel import NovelConfig
 from eikd_edge.run import RunPaths
 
 Unlabeled = Annotated[Path, typer.Option("--unlabeled", "-u", help="Folder of unlabeled field images (recursive).")]
+MaybeUnlabeled = Annotated[
+    Path | None,
+    typer.Option("--unlabeled", "-u", help="Folder of unlabeled field images (recursive); optional with --synthesize."),
+]
+Sampler = Annotated[
+    str | None,
+    typer.Option("--select", help="top: class-balanced top-scored (EIKD) | odsd: sampled by closeness (ODSD)."),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")]
 RecipeFile = Annotated[Path | None, typer.Option("--recipe", help="Recipe YAML (see recipes/).")]
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe setting: key=value, repeatable.")]
@@ -42,24 +51,45 @@ def select_command(
     mean: Mean = None,
     std: Std = None,
     classes: Classes = None,
+    sampler: Sampler = None,
+    novel: Annotated[
+        bool, typer.Option("--novel", help="Cluster the field images the teacher cannot place (novel classes).")
+    ] = False,
+    novel_clusters: Annotated[
+        int | None, typer.Option("--novel-clusters", min=1, help="Number of novel clusters (default: by silhouette).")
+    ] = None,
 ) -> None:
     """Score the field images with the teacher and show what it finds (writes selection.json)."""
-    settings = load_recipe(recipe, overrides)
+    settings = load_recipe(recipe, [*(overrides or []), *([f"selection.sampler={sampler}"] if sampler else [])])
     inputs = DistillInputs(
         teacher, unlabeled, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
     )
     out.mkdir(parents=True, exist_ok=True)
-    _, selection = run_selection(inputs, settings, out)
+    novel_config = NovelConfig(clusters=novel_clusters, seed=settings.train.seed) if novel else None
+    _, selection, extras = run_selection(inputs, settings, out, novel=novel_config)
     print_selection_summary(selection, RunPaths(out))
+    if "novel" in extras:
+        print_novel_summary(extras["novel"], selection.pool.root)
 
 
 def distill_command(
     teacher: TeacherPath,
-    unlabeled: Unlabeled,
+    unlabeled: MaybeUnlabeled = None,
     out: Out = Path("runs/exp1"),
     student: Annotated[str | None, typer.Option("--student", help="Student architecture (`eikd-edge models`).")] = None,
     val: Annotated[Path | None, typer.Option("--val", help="Labeled ImageFolder for true top-1.")] = None,
     method: Annotated[str | None, typer.Option("--method", help="eikd | kd | random | dfnd")] = None,
+    sampler: Sampler = None,
+    relation: Annotated[
+        str | None, typer.Option("--relation", help="kl: EIKD relation matrix | contrastive: ODSD denoised.")
+    ] = None,
+    curriculum: Annotated[
+        str | None, typer.Option("--curriculum", help="none | selfpaced: CuDFKD easy-to-hard sample weights.")
+    ] = None,
+    synthesize_count: Annotated[
+        int | None,
+        typer.Option("--synthesize", min=0, help="Synthesise N images from the teacher and add them to the pool."),
+    ] = None,
     recipe: RecipeFile = None,
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
@@ -75,8 +105,15 @@ def distill_command(
     extra = list(overrides or [])
     if student:
         extra.append(f"student.arch={student}")
-    if method:
-        extra.append(f"method={method}")
+    for key, value in (
+        ("method", method),
+        ("selection.sampler", sampler),
+        ("loss.relation.kind", relation),
+        ("train.curriculum.mode", curriculum),
+        ("synthesis.count", synthesize_count),
+    ):
+        if value is not None:
+            extra.append(f"{key}={value}")
     settings = load_recipe(recipe, extra)
     inputs = DistillInputs(
         teacher, unlabeled, val, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)

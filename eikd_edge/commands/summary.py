@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
@@ -18,7 +21,12 @@ def _pct(value: float | None) -> str:
 def print_selection_summary(selection: Selection, run: RunPaths) -> None:
     data = selection.to_json()
     pool = data["pool"]
-    table = Table(title=f"Selection ({selection.method}, score: {selection.config.score})")
+    how = (
+        f"odsd sampling, closeness from {' + '.join(selection.closeness_from)}"
+        if selection.closeness_from
+        else f"score: {selection.config.score}"
+    )
+    table = Table(title=f"Selection ({selection.method}, {how})")
     for column in ("class", "candidates", "quota", "selected", "deficit"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in selection.per_class:
@@ -40,6 +48,32 @@ def print_selection_summary(selection: Selection, run: RunPaths) -> None:
     console.print(f"wrote {run.selection}")
 
 
+def print_novel_summary(novel: dict[str, Any], root: Path) -> None:
+    """The clusters of field images the teacher cannot place: what the field holds that it has never seen."""
+    count, size = novel["count"], novel["pool_size"]
+    console.print(
+        f"novel: {count} of {size} field images ({100 * count / max(size, 1):.1f}%) have teacher confidence < "
+        f"{novel['max_confidence']:.2f} and cosine < {novel['cosine_threshold']:.3f} to every class prototype"
+    )
+    if not novel["clusters"]:
+        return
+    table = Table(title="Novel clusters (teacher embedding space)")
+    for column in ("cluster", "size", "nearest class", "cosine", "mean conf.", "examples"):
+        table.add_column(column, justify="left" if column in ("nearest class", "examples") else "right")
+    for cluster in novel["clusters"]:
+        examples = ", ".join(cluster["examples"][:3])
+        table.add_row(
+            str(cluster["id"]),
+            str(cluster["size"]),
+            cluster["nearest_class"],
+            f"{cluster['nearest_cosine']:.3f}",
+            f"{cluster['mean_confidence']:.2f}",
+            examples,
+        )
+    console.print(table)
+    console.print(f"examples are relative to {root}; `eikd-edge report RUN` shows thumbnails of each cluster")
+
+
 def print_distill_summary(result: DistillResult) -> None:
     m = result.metrics
     teacher, student, train = m["teacher"], m["student"], m["train"]
@@ -54,8 +88,16 @@ def print_distill_summary(result: DistillResult) -> None:
     table.add_row("agreement with teacher (held-out field)", "", _pct(m["agreement"]["top1"]))
     console.print(table)
     sel = m["selection"]
+    if "synthesis" in m:
+        syn = m["synthesis"]
+        how = f"{syn['seconds']:.0f} s" + (", reused from an earlier run" if syn["reused"] else "")
+        console.print(
+            f"synthesised {syn['count']} images ({how}; the teacher puts {100 * syn['teacher_fit']:.0f}% in their "
+            f"target class; BatchNorm prior {'on' if syn['bn_prior'] else 'off: teacher layers not visible'})"
+        )
+    source = "pool" if "synthesis" in m else "field"
     console.print(
-        f"selected {sel['selected']} of {sel['decoded']} field images; best epoch {student['best_epoch']} of "
+        f"selected {sel['selected']} of {sel['decoded']} {source} images; best epoch {student['best_epoch']} of "
         f"{train['epochs']}; {train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
     )
     if sel["classes_below_quota"]:

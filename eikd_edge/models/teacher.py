@@ -15,7 +15,7 @@ from torch import nn
 
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec, read_sidecar, sidecar_path
-from eikd_edge.models.taps import widen_classifier
+from eikd_edge.models.taps import find_classifier, widen_classifier
 from eikd_edge.models.zoo import build_model
 
 FORMATS = ("torchscript", "torch.export", "state_dict", "checkpoint", "pickle")
@@ -35,6 +35,11 @@ class TeacherModel:
     num_classes: int
     embedding_dim: int | None
     sha256: str
+    classifier_weight: torch.Tensor | None = None  # [C, D] of the final Linear, when the teacher has one
+
+    def forward_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable logits (for optimising inputs); the teacher's own parameters never get gradients."""
+        return self.module(images)[:, : self.num_classes].float()
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,9 +94,12 @@ def load_teacher(
     path = Path(path)
     if not path.is_file():
         raise EikdError(f"teacher file not found: {path}")
-    spec = _resolve_spec(path, spec_overrides or {})
+    spec, sidecar_arch = _resolve_spec(path, spec_overrides or {})
+    arch = arch or sidecar_arch
     module, fmt = _load_module(path, arch, trust_pickle, len(spec.classes) or None)
     num_classes = _dry_forward(module, spec, path)
+    if fmt in ("torchscript", "torch.export") and arch:
+        module = _eager_twin(module, arch, num_classes, spec, path)
     if spec.classes and len(spec.classes) != num_classes:
         raise EikdError(
             f"teacher {path.name} outputs {num_classes} classes but its spec names {len(spec.classes)}; "
@@ -100,11 +108,28 @@ def load_teacher(
     if not spec.classes:
         spec = spec.with_classes([str(i) for i in range(num_classes)])
     probe = torch.randn(2, 3, *spec.input_size, generator=torch.Generator().manual_seed(0))
+    classifier = find_classifier(module, num_classes)
+    weight = dict(module.named_parameters())[classifier.weight_name].detach().clone() if classifier else None
     embedding_dim = widen_classifier(module, num_classes, probe)
-    return TeacherModel(module, spec, fmt, path, num_classes, embedding_dim, file_sha256(path))
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return TeacherModel(module, spec, fmt, path, num_classes, embedding_dim, file_sha256(path), weight)
 
 
-def _resolve_spec(path: Path, overrides: dict[str, Any]) -> InputSpec:
+def _eager_twin(module: nn.Module, arch: str, num_classes: int, spec: InputSpec, path: Path) -> nn.Module:
+    """The same weights in the named zoo architecture, as a plain nn.Module: its BatchNorm layers can then be
+    hooked (ODSD's closeness score, synthesis's prior). Trusted only if it reproduces the original's logits."""
+    twin = _load_into_arch(module.state_dict(), arch, num_classes, {}, path)
+    probe = torch.randn(2, 3, *spec.input_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        same = torch.allclose(twin(probe), module(probe), rtol=1e-4, atol=1e-4)
+    if not same:
+        raise EikdError(f"{path.name} loads into --teacher-arch {arch} but computes different logits; drop the arch")
+    return twin
+
+
+def _resolve_spec(path: Path, overrides: dict[str, Any]) -> tuple[InputSpec, str | None]:
+    """The input spec, and the architecture a sidecar may name (`arch:`) for a state_dict or TorchScript file."""
     data: dict[str, Any] = {}
     sidecar = sidecar_path(path)
     if sidecar is not None:
@@ -115,7 +140,8 @@ def _resolve_spec(path: Path, overrides: dict[str, Any]) -> InputSpec:
                 _one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes"
             ) from None
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return InputSpec.from_dict(data, source=str(sidecar or "teacher spec"))
+    arch = data.pop("arch", None)
+    return InputSpec.from_dict(data, source=str(sidecar or "teacher spec")), str(arch) if arch else None
 
 
 def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: int | None) -> tuple[nn.Module, str]:
@@ -196,7 +222,13 @@ def _module_from_state(obj: Any, path: Path, arch: str | None, num_classes: int 
         )
     classes = num_classes or _infer_num_classes(state)
     kwargs = obj.get("arch_kwargs", {}) if fmt == "checkpoint" else {}
-    module = build_model(arch, classes, **kwargs)
+    return _load_into_arch(state, arch, classes, kwargs, path), fmt
+
+
+def _load_into_arch(
+    state: dict[str, torch.Tensor], arch: str, num_classes: int, kwargs: dict[str, Any], path: Path
+) -> nn.Module:
+    module = build_model(arch, num_classes, **kwargs)
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even when not strict
@@ -207,7 +239,7 @@ def _module_from_state(obj: Any, path: Path, arch: str | None, num_classes: int 
             f"{path.name} does not fit --teacher-arch {arch}: {len(missing)} missing and {len(unexpected)} "
             f"unexpected keys (e.g. {(missing or unexpected)[0]}); check the architecture name and class count"
         )
-    return module.eval(), fmt
+    return module.eval()
 
 
 def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:

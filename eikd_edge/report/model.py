@@ -33,6 +33,7 @@ SECTIONS = {
     "confusion": "Confusion matrices",
     "images": "Field images",
 }
+NOVEL_TITLE = "Novel field samples"  # a section only when selection.json has a "novel" entry
 THUMBS = 8  # per group
 
 
@@ -64,6 +65,25 @@ class SelectionSection(_Strict):
     classes: list[ClassRow]
     below_quota: list[str]
     thumbnails: list[Thumb]
+
+
+class NovelCluster(_Strict):
+    id: int
+    size: int
+    nearest_class: str
+    nearest_cosine: float
+    mean_confidence: float
+    examples: list[str]  # relative to the pool root, closest to the cluster centre first
+
+
+class NovelSection(_Strict):
+    """selection.json's "novel" entry verbatim (eikd_edge.novel.NovelReport.to_json)."""
+
+    count: int
+    pool_size: int
+    max_confidence: float
+    cosine_threshold: float
+    clusters: list[NovelCluster]
 
 
 class TrainingSection(_Strict):
@@ -119,6 +139,7 @@ class Report(_Strict):
     headline: Headline
     metrics: dict[str, Any] | None  # metrics.json verbatim: report.json is a superset of it
     selection: SelectionSection | None
+    novel: NovelSection | None = None
     training: TrainingSection | None
     validation: dict[str, Any] | None  # validate.json verbatim
     export: dict[str, Any] | None  # export.json verbatim
@@ -154,13 +175,16 @@ def build_report(run: RunPaths, confusion: bool = True) -> Report:
             notes += section.notes
         except EikdError as exc:
             notes.append(f"confusion matrices skipped: {exc}")
+    novel = _novel(selection_json, notes) if selection_json else None
     return Report(
         created_with=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run=str(run.root.resolve()),
+        sections=_sections(novel),
         headline=_headline(run, metrics or _student_sizes(ckpt.model, ckpt.spec.input_size), export, validation, bench),
         metrics=metrics,
         selection=_selection(selection_json) if selection_json else None,
+        novel=novel,
         training=_training(metrics) if metrics and metrics.get("history") else None,
         validation=validation,
         export=export,
@@ -226,6 +250,29 @@ def _selection(data: dict[str, Any]) -> SelectionSection:
         below_quota=list(data.get("classes_below_quota") or [c.name for c in classes if c.deficit > 0]),
         thumbnails=thumbs,
     )
+
+
+def _novel(data: dict[str, Any], notes: list[str]) -> NovelSection | None:
+    """The novel-sample clusters when the run looked for them; an unreadable entry is a note, not an error."""
+    if data.get("novel") is None:
+        return None
+    try:
+        return NovelSection.model_validate(data["novel"])
+    except ValidationError:
+        notes.append("selection.json's novel-sample entry is from another eikd-edge version: not shown")
+        return None
+
+
+def _sections(novel: NovelSection | None) -> dict[str, str]:
+    """SECTIONS, with the novel-sample section after Selection only when there is one (otherwise page unchanged)."""
+    if novel is None:
+        return dict(SECTIONS)
+    out: dict[str, str] = {}
+    for key, title in SECTIONS.items():
+        out[key] = title
+        if key == "selection":
+            out["novel"] = NOVEL_TITLE
+    return out
 
 
 def _training(metrics: dict[str, Any]) -> TrainingSection:

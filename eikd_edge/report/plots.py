@@ -4,6 +4,7 @@ global backend switch, safe on headless machines and in threads."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from eikd_edge.data import BadImage, decode_image
 from eikd_edge.report.confusion import Confusion
-from eikd_edge.report.model import Report, SelectionSection, TrainingSection
+from eikd_edge.report.model import NovelSection, Report, SelectionSection, TrainingSection
 
 THUMB_PX = 64
 GROUP_TITLES = {
@@ -142,38 +143,63 @@ def pareto_chart(report: Report) -> bytes | None:
 def thumbnail_grid(sel: SelectionSection) -> tuple[bytes | None, int]:
     """One row per group of field images, read from the pool root; returns the PNG and how many were missing."""
     root = Path(str(sel.pool.get("root", "")))
-    groups: dict[str, list[tuple[np.ndarray, str]]] = {}
+    items = (
+        (
+            GROUP_TITLES.get(th.group, th.group),
+            th.path,
+            f"{th.predicted}{'' if th.confidence is None else f' {th.confidence:.2f}'}",
+        )
+        for th in sel.thumbnails
+    )
+    rows, missing = _decode_rows(root, items)
+    return (image_rows(rows) if rows else None), missing
+
+
+def novel_grid(novel: NovelSection, root: Path) -> tuple[bytes | None, int]:
+    """One row per novel-sample cluster (its example images, closest to the centre first), like thumbnail_grid."""
+    items = (
+        (f"cluster {c.id}: {c.size}\nnearest {c.nearest_class}", path, _short(Path(path).name))
+        for c in novel.clusters
+        for path in c.examples
+    )
+    rows, missing = _decode_rows(root, items)
+    return (image_rows(rows) if rows else None), missing
+
+
+def _short(name: str, width: int = 14) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _decode_rows(
+    root: Path, items: Iterable[tuple[str, str, str]]
+) -> tuple[dict[str, list[tuple[np.ndarray, str]]], int]:
+    """(row label, path relative to root, caption) -> decoded thumbnails per row; files that fail are counted."""
+    rows: dict[str, list[tuple[np.ndarray, str]]] = {}
     missing = 0
-    for th in sel.thumbnails:
+    for label, path, caption in items:
         try:
-            pixels = decode_image(root / th.path, (THUMB_PX, THUMB_PX))
+            pixels = decode_image(root / path, (THUMB_PX, THUMB_PX))
         except BadImage:
             missing += 1
             continue
-        conf = "" if th.confidence is None else f" {th.confidence:.2f}"
-        groups.setdefault(th.group, []).append((pixels, f"{th.predicted}{conf}"))
-    if not groups:
-        return None, missing
-    cols = max(len(v) for v in groups.values())
-    fig = Figure(figsize=(1.2 * cols + 1.5, 1.45 * len(groups)))
-    axes = np.asarray(fig.subplots(len(groups), cols, squeeze=False))
-    for r, (group, items) in enumerate(groups.items()):
+        rows.setdefault(label, []).append((pixels, caption))
+    return rows, missing
+
+
+def image_rows(rows: dict[str, list[tuple[np.ndarray, str]]]) -> bytes:
+    """A grid of captioned thumbnails, one labelled row per entry (the label left of the row)."""
+    cols = max(len(v) for v in rows.values())
+    fig = Figure(figsize=(1.2 * cols + 1.5, 1.45 * len(rows)))
+    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
+    for r, (label, items) in enumerate(rows.items()):
         for c in range(cols):
             ax = axes[r][c]
             ax.set_axis_off()
             if c < len(items):
                 ax.imshow(items[c][0])
                 ax.set_title(items[c][1], fontsize=7)
-        axes[r][0].text(
-            -0.15,
-            0.5,
-            GROUP_TITLES.get(group, group),
-            transform=axes[r][0].transAxes,
-            ha="right",
-            va="center",
-            fontsize=8,
-        )
-    return png(fig), missing
+        axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+    return png(fig)
 
 
 def figures(report: Report) -> list[tuple[str, str, bytes]]:
@@ -183,6 +209,12 @@ def figures(report: Report) -> list[tuple[str, str, bytes]]:
         out.append(
             ("selection", "Selection per class with fair share and deficits", selection_histogram(report.selection))
         )
+    if report.novel and report.novel.clusters:
+        root = Path(str((report.selection.pool if report.selection else {}).get("root", "")))
+        grid, missing = novel_grid(report.novel, root)
+        note = f" ({missing} image(s) missing from the pool)" if missing else ""
+        if grid is not None:
+            out.append(("novel", f"Examples per novel-sample cluster, closest to its centre first{note}", grid))
     if report.training and report.training.history:
         out.append(("training", "Training curves", training_curves(report.training)))
     if (chart := pareto_chart(report)) is not None:

@@ -92,6 +92,11 @@ def render_html(report: Report) -> str:
             _para(tables.verdict_line(report)),
         ],
         "selection": [_para(tables.selection_summary(report)), html_table(tables.selection_classes(report))],
+        "novel": [
+            _para(tables.novel_summary(report)),
+            html_table(tables.novel_clusters(report)),
+            *_novel_empty(report, figs),
+        ],
         "training": [_para(tables.training_summary(report)), html_table(tables.history(report))],
         "validation": [html_table(tables.validation(report)) if report.validation else _empty("not validated")],
         "benchmark": [html_table(tables.bench(report.bench)) if report.bench else _empty("not benchmarked")],
@@ -119,3 +124,10 @@ def render_html(report: Report) -> str:
 
 def _empty(text: str) -> str:
     return f'<p class="empty">{escape(text)}</p>'
+
+
+def _novel_empty(report: Report, figs: dict[str, list[str]]) -> list[str]:
+    """Clusters whose example images all failed to load (the pool moved) say so instead of showing nothing."""
+    if figs.get("novel") or not (report.novel and report.novel.clusters):
+        return []
+    return [_empty("no novel-sample images available")]

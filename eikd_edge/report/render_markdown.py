@@ -40,6 +40,7 @@ def render_markdown(report: Report) -> str:
         "",
         tables.selection_summary(report) + "\n",
         md_table(tables.selection_classes(report)),
+        *(_novel_text(report) if "novel" in s else []),
         f"## {s['training']}",
         "",
         tables.training_summary(report) + "\n",
@@ -70,3 +71,17 @@ def _images_text(report: Report) -> str:
         conf = "" if th.confidence is None else f" {th.confidence:.2f}"
         groups.setdefault(th.group, []).append(f"`{th.path}` ({th.predicted}{conf})")
     return "\n".join(f"- {g.replace('_', ' ')}: {', '.join(items)}" for g, items in groups.items()) + "\n"
+
+
+def _novel_text(report: Report) -> list[str]:
+    examples = "".join(
+        f"- cluster {c.id} (nearest {c.nearest_class}): {', '.join(f'`{p}`' for p in c.examples) or '_none_'}\n"
+        for c in (report.novel.clusters if report.novel else [])
+    )
+    return [
+        f"## {report.sections['novel']}",
+        "",
+        tables.novel_summary(report) + "\n",
+        md_table(tables.novel_clusters(report)),
+        *([examples] if examples else []),
+    ]

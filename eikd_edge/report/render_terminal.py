@@ -60,6 +60,8 @@ def print_report(report: Report, console: Console) -> None:
     for table in (tables.compression(report), tables.speed(report), tables.quality(report)):
         if table.rows:
             print_table(table, console)
+    if report.novel is not None:
+        console.print(f"[cyan]novel:[/] {tables.novel_summary(report)}", highlight=False)
     if report.selection and report.selection.below_quota:
         console.print(f"[yellow]classes below quota:[/] {', '.join(report.selection.below_quota)}", highlight=False)
     if report.headline.validation_passed is not None:

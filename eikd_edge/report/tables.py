@@ -92,6 +92,22 @@ def selection_classes(report: Report) -> TextTable:
     )
 
 
+def novel_clusters(report: Report) -> TextTable:
+    clusters = report.novel.clusters if report.novel else []
+    rows = [
+        (str(c.id), str(c.size), c.nearest_class, f"{c.nearest_cosine:.3f}", f"{c.mean_confidence:.2f}")
+        for c in clusters
+    ]
+    return TextTable(
+        "Novel-sample clusters",
+        ("cluster", "size", "nearest class", "nearest cosine", "mean confidence"),
+        rows,
+        "nearest class: the class whose prototype (teacher embedding space) is closest to the cluster centre; "
+        "mean confidence: the teacher's mean top-1 probability on the cluster",
+        left=("nearest class",),
+    )
+
+
 def history(report: Report) -> TextTable:
     hist = report.training.history if report.training else []
     terms = sorted({k for h in hist for k in (h.get("loss") or {})}, key=lambda k: (k != "total", k))
@@ -207,6 +223,18 @@ def selection_summary(report: Report) -> str:
     if sel.below_quota:
         text += f" Classes below quota: {', '.join(sel.below_quota)}; the field data barely covers them."
     return text
+
+
+def novel_summary(report: Report) -> str:
+    nov = report.novel
+    if nov is None:
+        return "No novel-sample search."
+    share = f" ({nov.count / nov.pool_size:.1%})" if nov.pool_size else ""
+    return (
+        f"{nov.count} of {nov.pool_size} field images{share} the teacher cannot place: confidence below "
+        f"{nov.max_confidence:.2f} and cosine to every class prototype below {nov.cosine_threshold:.3f}; "
+        f"{len(nov.clusters)} cluster(s) shown. They may be classes the teacher was never taught."
+    )
 
 
 def training_summary(report: Report) -> str:

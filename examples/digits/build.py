@@ -262,6 +262,7 @@ def save_teacher(model: torch.nn.Module, out: Path, spec: InputSpec) -> None:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "classes": list(spec.classes),
+        "arch": ARCH,  # lets eikd-edge run the TorchScript file as an eager module (BatchNorm statistics)
     }
     (out / "teacher.yaml").write_text(yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None))
 

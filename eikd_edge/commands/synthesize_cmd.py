@@ -1,0 +1,76 @@
+"""`eikd-edge synthesize`: images made from the teacher alone, for when field data is scarce or absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eikd_edge.commands.options import (
+    Classes,
+    InputSize,
+    Mean,
+    Std,
+    TeacherArch,
+    TeacherPath,
+    TrustPickle,
+    spec_overrides,
+)
+from eikd_edge.config import load_recipe
+from eikd_edge.console import console
+from eikd_edge.distill import DistillInputs, load_inputs_teacher, resolve_device
+from eikd_edge.distributed import DistContext
+from eikd_edge.scoring import progress_bar
+from eikd_edge.synthesis import check_output_folder, show_progress, synthesize
+
+
+def synthesize_command(
+    teacher: TeacherPath,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of images to synthesise.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the images and synthesis.json to.")] = Path(
+        "synthetic"
+    ),
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Adam steps per batch (default 200).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images optimised together.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:1")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for targets and starting noise.")] = 0,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Synthesis setting, e.g. synthesis.bn_weight=0.1 (repeatable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier synthesis in --out.")] = False,
+    teacher_arch: TeacherArch = None,
+    trust_pickle: TrustPickle = False,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    classes: Classes = None,
+) -> None:
+    """Synthesise a transfer set from the teacher alone (soft-targeted synthesis, Z. Wang, AAAI 2021)."""
+    extra = [*(overrides or []), f"synthesis.seed={seed}", f"train.device={device}"]
+    if steps:
+        extra.append(f"synthesis.steps={steps}")
+    if batch_size:
+        extra.append(f"synthesis.batch_size={batch_size}")
+    recipe = load_recipe(None, extra)
+    check_output_folder(out, overwrite)
+    inputs = DistillInputs(
+        teacher, None, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
+    )
+    model = load_inputs_teacher(inputs)
+    target = resolve_device(recipe.train.device, DistContext())
+    with progress_bar(disable=not show_progress()) as bar:
+        result = synthesize(model, count, recipe.synthesis, out, target, bar)
+    if result.reused:
+        console.print(f"{out} already holds these {result.count} images (same teacher and settings): kept")
+        return
+    prior = "on" if result.bn_prior else "off (no BatchNorm layers visible: name the architecture with --teacher-arch)"
+    console.print(
+        f"wrote {result.count} images to {out} in {result.seconds:.1f} s on {target}; the teacher puts "
+        f"{100 * result.fit:.1f}% of them in their target class; BatchNorm prior {prior}"
+    )
+    console.print(f"next: eikd-edge distill --teacher {teacher} --unlabeled {out} ...   (or distill --synthesize N)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synthesize")(synthesize_command)
