@@ -70,7 +70,8 @@ def test_teacher_loads_through_the_tool(built: tuple[Path, dict]) -> None:
     assert teacher.spec.input_size == (32, 32)
     assert teacher.spec.classes == tuple(str(d) for d in range(10))
     sidecar = yaml.safe_load((out / "teacher.yaml").read_text())
-    assert set(sidecar) == {"input_size", "mean", "std", "classes"}
+    assert set(sidecar) == {"input_size", "mean", "std", "classes", "arch"}
+    assert sidecar["arch"] == "cifar_resnet20"  # runs as an eager module: its BatchNorm layers are visible
     assert sidecar["input_size"] == [32, 32] and len(sidecar["mean"]) == 3 and len(sidecar["std"]) == 3
     assert manifest["teacher"]["sha256"] == teacher.sha256
     assert 0.0 <= manifest["teacher_val_top1"] <= 1.0
