@@ -55,17 +55,6 @@ def sample_normalised_logits(
     return features @ normed.T
 
 
-def sample_soft_targets(
-    classifier_weight: torch.Tensor,
-    target_classes: torch.Tensor,
-    scale: float,
-    noise: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """[N, C] soft targets softmax(z) with z sampled from the class-similarity normal above."""
-    return sample_normalised_logits(classifier_weight, target_classes, scale, noise, generator).softmax(dim=1)
-
-
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between neighbouring pixels: large for noise, small for smooth images."""
     dx = images[..., :, 1:] - images[..., :, :-1]
@@ -231,7 +220,8 @@ def synthesize(
 
     for start in batches:
         classes = wanted[start : start + config.batch_size]
-        targets = sample_soft_targets(weight, classes, config.target_scale, config.noise, generator)
+        z = sample_normalised_logits(weight, classes, config.target_scale, config.noise, generator)
+        targets = z.softmax(dim=1)  # the soft targets the teacher is asked to reproduce
         images, logits = optimise_batch(teacher, targets, config, generator, device, step_done)
         probs = logits.softmax(dim=1).cpu()
         pixels = _denormalise(images, teacher.spec.mean, teacher.spec.std)

@@ -35,6 +35,13 @@ def test_inspect_shows_spec_and_embedding(script_teacher: Path) -> None:
     assert result.exit_code == 0, result.output
     for text in ("torchscript", "3x32x32", "10: 0, 1, 2", "32-d (penultimate)", "ok"):
         assert text in result.stdout
+    assert "hidden by the format" in result.stdout  # a TorchScript teacher without a named architecture
+
+
+def test_inspect_shows_batchnorm_layers_of_a_named_architecture() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "digits" / "teacher.pt"
+    result = runner.invoke(app, ["inspect", str(example)], terminal_width=200)
+    assert result.exit_code == 0 and "21 layers visible" in result.stdout
 
 
 def test_user_error_is_one_line_and_exit_1(tmp_path: Path) -> None:

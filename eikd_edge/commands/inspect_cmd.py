@@ -11,7 +11,8 @@ from rich.table import Table
 from eikd_edge.commands.models_cmd import human
 from eikd_edge.commands.options import Classes, InputSize, Mean, Std, TeacherArch, TrustPickle, spec_overrides
 from eikd_edge.console import console
-from eikd_edge.models.teacher import load_teacher
+from eikd_edge.models.bn_stats import batchnorm_layers
+from eikd_edge.models.teacher import TeacherModel, load_teacher
 
 
 def inspect(
@@ -40,12 +41,23 @@ def inspect(
         ("parameters", human(params)),
         ("MACs (batch 1)", human(macs)),
         ("embedding", f"{model.embedding_dim}-d (penultimate)" if model.embedding_dim else "none exposed: logits used"),
+        ("BatchNorm stats", _batchnorm_note(model)),
         ("forward check", "ok (finite logits, one row per image)"),
         ("sha256", model.sha256[:16]),
     ]
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def _batchnorm_note(model: TeacherModel) -> str:
+    """Whether ODSD's closeness score and synthesis's prior can read the teacher's BatchNorm statistics."""
+    layers = len(batchnorm_layers(model.module))
+    if layers:
+        return f"{layers} layers visible (ODSD sampling, synthesis prior)"
+    if model.format in ("torchscript", "torch.export"):
+        return "hidden by the format: name the architecture (--teacher-arch or arch: in the sidecar)"
+    return "none (the teacher has no BatchNorm layers)"
 
 
 def _triple(values: tuple[float, ...]) -> str:
