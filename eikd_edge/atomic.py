@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -96,7 +97,23 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: NaN and infinities (an empty holdout's agreement, a diverged loss) are written as null, which
+    every parser reads, instead of Python's `NaN`, which strict parsers reject."""
+    text = json.dumps(finite_or_null(data), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    return write_text_atomic(path, text + "\n")
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every non-finite float (also numpy/torch scalars) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    if not isinstance(value, bool | int | str | None) and hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_yaml_atomic(path: Path, data: Any) -> Path:

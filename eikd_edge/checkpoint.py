@@ -89,3 +89,51 @@ def load_student(path: Path) -> StudentCheckpoint:
     known = {"format", "format_version", "arch", "arch_kwargs", "state_dict", "spec", "classes"}
     extra = {k: v for k, v in payload.items() if k not in known}
     return StudentCheckpoint(model, payload["arch"], dict(payload.get("arch_kwargs", {})), spec, path, extra)
+
+
+_TRAIN_STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "step": int,
+    "net": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "history": list,
+    "best": dict,
+    "wall_s": (int, float),
+    "images_seen": int,
+}
+
+
+def load_train_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """train_state.pt for --resume, checked field by field: a damaged or foreign file is a clear error."""
+    advice = f"cannot resume from {path}"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # random bytes make the unpickler raise nearly anything (KeyError, IndexError, ...)
+        raise EikdError(
+            f"{advice}: it is damaged or not an eikd-edge training state ({type(exc).__name__}); "
+            "start again without --resume (with --overwrite)"
+        ) from None
+    if not isinstance(state, dict):
+        raise EikdError(f"{advice}: it holds a {type(state).__name__}, not an eikd-edge training state")
+    wrong = [
+        key
+        for key, kind in _TRAIN_STATE_FIELDS.items()
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)
+    ]
+    if wrong:
+        raise EikdError(f"{advice}: it is not an eikd-edge training state (missing or wrong: {', '.join(wrong)})")
+    return state
+
+
+def diverged_message(step: int, lr: float, run: Any) -> str:
+    """What to tell the user when the loss stops being a number: the likely cause and what is left on disk."""
+    kept = (
+        f"{run.student} keeps the last finite checkpoint"
+        if Path(run.student).is_file()
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"the training loss became NaN or Inf at step {step + 1}: the learning rate is likely too high "
+        f"(train.lr={lr:g}); lower train.lr (e.g. --set train.lr={lr / 10:g}) and run again; {kept}"
+    )

@@ -6,6 +6,7 @@ import os
 import warnings
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click
@@ -38,7 +39,7 @@ class _ErrorsToExitCodes(TyperGroup):
         except EikdError as exc:
             if os.environ.get("EIKD_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

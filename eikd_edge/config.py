@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from eikd_edge.errors import EikdError
+from eikd_edge.safe_yaml import load_yaml_text
 
 Method = Literal["eikd", "kd", "random", "dfnd"]
+MAX_SEED = 2**32 - 1  # what every RNG the tool seeds (torch, numpy) accepts, with room for per-epoch offsets
+MAX_WIDTH = 8.0  # a student 8x wider than its base is no longer compact; far beyond it allocation itself fails
+MAX_CROP_PAD = 64  # pixels; a larger pad makes most random crops mostly padding and costs memory quadratically
+MAX_RECIPE_BYTES = 1 << 20
+# torch.device strings a recipe may name: auto, cpu, cuda, cuda:N, mps (not "meta": it holds no data)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, and no float may be NaN or infinite (`lr: .inf` would train a NaN student)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class StudentConfig(_Strict):
     arch: str = "cifar_resnet8"
-    width: float = Field(1.0, gt=0)
+    width: float = Field(1.0, gt=0, le=MAX_WIDTH)
 
 
 class SelectionConfig(_Strict):
@@ -67,7 +77,9 @@ class LossConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    crop_pad: int = Field(2, ge=0, description="pad-and-random-crop, in pixels at training resolution")
+    crop_pad: int = Field(
+        2, ge=0, le=MAX_CROP_PAD, description="pad-and-random-crop, in pixels at training resolution"
+    )
     flip: bool = False
     jitter: float = Field(0.1, ge=0, le=1, description="brightness/contrast jitter strength")
 
@@ -92,7 +104,7 @@ class SynthesisConfig(_Strict):
     bn_weight: float = Field(0.05, ge=0, description="weight of the BatchNorm-statistics prior")
     tv_weight: float = Field(1e-3, ge=0, description="weight of the smoothness (total variation) prior")
     l2_weight: float = Field(1e-4, ge=0, description="weight of the pixel-norm prior")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class TrainConfig(_Strict):
@@ -104,13 +116,20 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
-    seed: int = 0
-    device: str = "auto"
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     teacher_targets: Literal["cached", "online"] = Field(
         "cached", description="cached: the selection pass's outputs; online: teacher re-run on each augmented batch"
     )
     augment: AugmentConfig = AugmentConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device eikd-edge trains on; use auto, cpu, cuda, cuda:N or mps")
+        return value
 
 
 class Recipe(_Strict):
@@ -147,9 +166,11 @@ def validate_recipe(data: dict[str, Any], source: str) -> Recipe:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise EikdError(f"recipe not found: {path}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise EikdError(f"recipe {path} is larger than 1 MB; a recipe is a few lines of settings")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
+        data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise EikdError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise EikdError(f"recipe {path} must be a mapping")
@@ -162,7 +183,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key.strip():
         raise EikdError(f"--set {item!r}: expected key=value, e.g. train.lr=0.1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     node = data
@@ -180,7 +201,8 @@ def _explain(exc: ValidationError) -> str:
     location = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown setting {location!r}{_suggest(error['loc'])}"
-    return f"{location}: {error['msg']}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}"
 
 
 def _suggest(loc: tuple[Any, ...]) -> str:

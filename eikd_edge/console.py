@@ -1,6 +1,26 @@
 """Shared Rich consoles: results to stdout, diagnostics to stderr."""
 
-from rich.console import Console
+from collections.abc import Iterable
 
-console = Console()
-err_console = Console(stderr=True)
+from rich.console import Console
+from rich.segment import Segment
+
+
+class _Console(Console):
+    """A Console that never fails on file names that are not valid UTF-8 (possible on Linux): their odd bytes
+    are printed escaped (caf\\xe9), as in the JSON files, instead of raising UnicodeEncodeError mid-output."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        text = super()._render_buffer(buffer)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:  # a lone surrogate that is not an undecodable byte
+                text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text
+
+
+console = _Console()
+err_console = _Console(stderr=True)

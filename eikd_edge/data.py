@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +24,12 @@ from eikd_edge.models.spec import InputSpec
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 64_000_000  # larger declared sizes are treated as decompression bombs
 TOO_LARGE = "too large (decompression bomb?)"
+# A lossless WebP of 34 bytes can declare 8000x8000 pixels: real photos and scans stay far below 2,000 pixels per
+# byte of file (a flat-colour PNG, deflate's best case, is about 350), so denser files are refused undecoded.
+MAX_PIXELS_PER_BYTE = 2_000
+DENSE_MIN_PIXELS = 4_000_000  # small images may compress as they like: decoding them costs little
+TOO_DENSE = "too large for its file size (decompression bomb?)"
+MAX_DECODING_PIXELS = 128_000_000  # across decode threads at once: about 0.5 GB of RGBA, however many workers
 # What the decoder will open, whatever the file's name says: the formats of IMAGE_SUFFIXES plus GIF (often misnamed).
 # Anything else (EPS runs Ghostscript, PSD, ...) is "not an image": hostile pools do not reach exotic decoders.
 DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
@@ -76,22 +84,63 @@ def scan_images(root: Path) -> list[Path]:
         raise EikdError(f"not a folder: {root}")
     found: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda _err: None):
+    pending = [str(root)]  # an explicit stack, not recursion: a tree may be deeper than Python's recursion limit
+    while pending:
+        folder = pending.pop()
         try:
-            stat = os.stat(dirpath)
+            info = os.stat(folder)
         except OSError:
-            dirnames[:] = []
             continue
-        key = (stat.st_dev, stat.st_ino)
+        key = (info.st_dev, info.st_ino)
         if key in seen_dirs:  # a symlink loop or a second link to a folder already walked
-            dirnames[:] = []
             continue
         seen_dirs.add(key)
-        dirnames.sort()
-        for name in filenames:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath) / name)
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if _is_folder(entry):
+                        pending.append(entry.path)
+                    elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                        found.append(Path(entry.path))
+        except OSError:  # unreadable folder: what it holds cannot be used, like an unreadable file
+            continue
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    """A folder or a link to one (links are followed; loops are caught by the (device, inode) set)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+class PixelBudget:
+    """Bounds the pixels being decoded at once across decode threads: each image waits until its pixels fit.
+
+    An image larger than the whole budget still runs, alone, so nothing waits forever.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(MAX_DECODING_PIXELS)
 
 
 def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
@@ -103,16 +152,20 @@ def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
     handle = _open_regular_file(path)
     try:
         with handle, Image.open(handle, formats=DECODE_FORMATS) as image:
-            # Opening read only the header: the size check comes before any pixel is decoded.
-            if image.width * image.height > MAX_PIXELS:
+            # Opening read only the header: the size checks come before any pixel is decoded.
+            pixels = image.width * image.height
+            if pixels > MAX_PIXELS:
                 raise BadImage(TOO_LARGE)
+            if pixels > DENSE_MIN_PIXELS and pixels > MAX_PIXELS_PER_BYTE * os.fstat(handle.fileno()).st_size:
+                raise BadImage(TOO_DENSE)
             if image.format == "JPEG":  # decode big JPEGs at 1/2..1/8 scale in the DCT: faster, far less memory
                 side = max(input_size)
                 image.draft(None, (side, side))
-            image.load()
-            image = _exif_transpose(image)
-            rgb = _to_rgb(image)
-            array = np.asarray(resize_center_crop(rgb, input_size), dtype=np.uint8)
+            with DECODE_BUDGET.hold(image.width * image.height):
+                image.load()
+                image = _exif_transpose(image)
+                rgb = _to_rgb(image)
+                array = np.asarray(resize_center_crop(rgb, input_size), dtype=np.uint8)
     except BadImage:
         raise
     except Image.DecompressionBombError:  # PIL's own limit, hit while opening headers far above ours

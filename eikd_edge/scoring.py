@@ -79,6 +79,16 @@ def progress_bar(disable: bool = False) -> Progress:
     )
 
 
+BATCH_BYTES = 512 << 20  # the normalised float batch the teacher sees; decoded uint8 batches are a quarter of it
+
+
+def scoring_batch(requested: int, input_size: tuple[int, int]) -> int:
+    """The requested batch, shrunk so one float batch (batch x 3 x H x W x 4 bytes) stays within BATCH_BYTES:
+    256 images of 4096x4096 would be 51 GB; the budget makes it 2 (the teacher's outputs are the same)."""
+    per_image = 3 * input_size[0] * input_size[1] * 4
+    return max(1, min(requested, BATCH_BYTES // per_image))
+
+
 def pool_fingerprint(root: Path, paths: list[Path], teacher: TeacherModel) -> str:
     """Changes when any file, the teacher or its input spec changes, so a stale cache is never reused."""
     digest = hashlib.sha256()
@@ -121,6 +131,7 @@ def score_pool(
         return cached
     started = time.perf_counter()
     start, end = shard_range(len(paths), ctx)
+    batch_size = scoring_batch(batch_size, teacher.spec.input_size)
     shard = _score_shard(teacher, paths[start:end], root, device, batch_size, ctx, start, want_bn)
     parts = gather_objects(shard, ctx)
     indices = [i for part in parts for i in part[0]]
@@ -228,25 +239,34 @@ def _top_reason(report: DecodeReport) -> str:
 
 
 def _read_cache(cache: Path | None, fingerprint: str) -> PoolScores | None:
+    """The cached scores, or None (recompute) when the file is missing, stale, damaged or not ours."""
     if cache is None or not cache.is_file():
         return None
     try:
         data = torch.load(cache, map_location="cpu", weights_only=True)
     except Exception:  # a damaged cache is simply recomputed
         return None
-    if data.get("fingerprint") != fingerprint:
+    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
         return None
-    return PoolScores(
-        root=Path(data["root"]),
-        paths=list(data["paths"]),
-        logits=data["logits"],
-        embeddings=data["embeddings"],
-        files=int(data["files"]),
-        skipped=data["skipped"],
-        seconds=0.0,
-        from_cache=True,
-        bn_deviation=data.get("bn_deviation"),
-    )
+    try:
+        scores = PoolScores(
+            root=Path(data["root"]),
+            paths=[str(p) for p in data["paths"]],
+            logits=data["logits"],
+            embeddings=data["embeddings"],
+            files=int(data["files"]),
+            skipped=dict(data["skipped"]),
+            seconds=0.0,
+            from_cache=True,
+            bn_deviation=data.get("bn_deviation"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    rows = len(scores.paths)
+    tensors = [scores.logits, scores.embeddings] + ([scores.bn_deviation] if scores.bn_deviation is not None else [])
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == rows for t in tensors):
+        return None
+    return scores
 
 
 def _write_cache(cache: Path, fingerprint: str, scores: PoolScores) -> None:

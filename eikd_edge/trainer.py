@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from eikd_edge.checkpoint import save_student, save_torch_atomic
+from eikd_edge.checkpoint import diverged_message, load_train_state, save_student, save_torch_atomic
 from eikd_edge.config import Recipe
 from eikd_edge.data import normalize
 from eikd_edge.distributed import DistContext, barrier, broadcast_object
-from eikd_edge.errors import Interrupted
+from eikd_edge.errors import EikdError, Interrupted
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel
 from eikd_edge.models.zoo import build_model, count_macs, count_parameters
@@ -193,6 +193,8 @@ class Trainer:
             logits, embedding, projected = self.ddp(x)
         progress = self.step / max(1, self.total_steps)
         terms = distillation_loss(self.net, self.recipe, logits, embedding, projected, t_logits, t_embed, progress)
+        if not torch.isfinite(terms.total):  # one more step would write NaN weights; the last checkpoint is finite
+            raise EikdError(diverged_message(self.step, self.recipe.train.lr, self.run))
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()
@@ -257,7 +259,7 @@ class Trainer:
         )
 
     def _load_state(self) -> None:
-        state = torch.load(self.run.train_state, map_location=self.device, weights_only=True)
+        state = load_train_state(self.run.train_state, self.device)
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

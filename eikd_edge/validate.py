@@ -39,6 +39,7 @@ class Parity:
     gate: float
     passed: bool
     top1: float | None = None  # on --val labels, when given
+    non_finite: int = 0  # images where this artifact or the student returned NaN or Inf
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k == "top1" and v is None)}
@@ -57,7 +58,10 @@ class Reference:
 
     @property
     def student_agree_teacher(self) -> float | None:
-        return None if self.teacher is None else float((self.student.argmax(1) == self.teacher.argmax(1)).mean())
+        if self.teacher is None:
+            return None
+        same = (self.student.argmax(1) == self.teacher.argmax(1)) & np.isfinite(self.student).all(1)
+        return float(same.mean())
 
 
 @dataclass(frozen=True)
@@ -90,21 +94,42 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def parity(logits: np.ndarray, ref: Reference, gate: float, top1: float | None = None) -> Parity:
+    """Top-1 agreement with the student; a row where either side is NaN or Inf never agrees (the argmax of a NaN
+    row is an arbitrary index, the same on both sides), so an artifact or student with such outputs fails."""
+    finite = np.isfinite(logits).all(1) & np.isfinite(ref.student).all(1)
     top = logits.argmax(1)
-    student_top = ref.student.argmax(1)
-    agree = float((top == student_top).mean())
-    teacher = float((top == ref.teacher.argmax(1)).mean()) if ref.teacher is not None else None
+    agree = float(((top == ref.student.argmax(1)) & finite).mean())
+    teacher = None
+    if ref.teacher is not None:
+        teacher = float(((top == ref.teacher.argmax(1)) & np.isfinite(logits).all(1)).mean())
     return Parity(
         agree_student=agree,
         agree_teacher=teacher,
         flip_rate=1.0 - agree,
-        max_abs_dprob=float(np.abs(softmax(logits) - softmax(ref.student)).max()),
-        max_abs_dlogit=float(np.abs(logits - ref.student).max()),
+        max_abs_dprob=_max_abs(softmax(logits) - softmax(ref.student)),
+        max_abs_dlogit=_max_abs(logits - ref.student),
         n_images=len(top),
         gate=gate,
         passed=agree >= gate,
         top1=top1,
+        non_finite=int((~finite).sum()),
     )
+
+
+def _max_abs(diff: np.ndarray) -> float:
+    """Largest absolute difference; infinite when any difference is not a number (written as null in JSON)."""
+    with np.errstate(invalid="ignore"):
+        return float(np.abs(diff).max()) if np.isfinite(diff).all() else float("inf")
+
+
+def gate_reason(result: Parity) -> str | None:
+    """Why an artifact failed its gate, or None when it passed."""
+    if result.passed:
+        return None
+    why = f"top-1 agreement {result.agree_student:.4f} < gate {result.gate}"
+    if result.non_finite:
+        why += f" ({result.non_finite} of {result.n_images} outputs are NaN or Inf)"
+    return why
 
 
 def top1(predictor: Any, ref: Reference) -> float | None:
@@ -210,7 +235,7 @@ def check_artifact(
         status = "skipped" if fmt.backend == "tensorrt" and isinstance(exc, EikdError) else "failed"
         reason = str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:200]}"
         return ArtifactCheck(name, fmt.precision, fmt.backend, status, reason, None)
-    reason = None if result.passed else f"top-1 agreement {result.agree_student:.4f} < gate {gate}"
+    reason = gate_reason(result)
     return ArtifactCheck(name, fmt.precision, fmt.backend, status_for(result.to_dict()), reason, result)
 
 

@@ -15,7 +15,7 @@ from eikd_edge.selection import Selection
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    return "-" if value is None or value != value else f"{100 * value:.1f}%"  # None or NaN: not measured
 
 
 def print_selection_summary(selection: Selection, run: RunPaths) -> None:
@@ -102,4 +102,9 @@ def print_distill_summary(result: DistillResult) -> None:
     )
     if sel["classes_below_quota"]:
         console.print(f"[yellow]classes below quota:[/] {', '.join(sel['classes_below_quota'])}")
+    if not m["agreement"]["holdout_size"]:
+        console.print(
+            "[yellow]no images held out:[/] label-free model selection was off (the last epoch was kept); "
+            "add field images or raise selection.holdout_fraction"
+        )
     console.print(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}")

@@ -12,7 +12,8 @@ import torch
 from eikd_edge.data import DecodeReport, iter_decoded, scan_images
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
-from eikd_edge.run import RunPaths, read_json
+from eikd_edge.run import RunPaths
+from eikd_edge.selection_file import read_selection
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class FieldImages:
 
 def read_manifest(run: RunPaths) -> tuple[Path, list[dict[str, Any]]]:
     """The pool root and the manifest entries of selection.json."""
-    data = read_json(run.selection, "selection manifest")
-    root = data.get("pool", {}).get("root")
+    data = read_selection(run)
+    root = (data.get("pool") or {}).get("root")
     manifest = data.get("manifest")
     if not root or not isinstance(manifest, list):
         raise EikdError(f"{run.selection} has no pool.root or manifest; re-run `eikd-edge select`/`distill`")

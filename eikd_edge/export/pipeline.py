@@ -27,7 +27,7 @@ from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.run import RunPaths
 from eikd_edge.runtime import OnnxPredictor, TensorRTPredictor
-from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, Reference, parity, reference_outputs
+from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, Reference, gate_reason, parity, reference_outputs
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,8 @@ def _guarded(ctx: _Context, name: str, build: Callable[[], dict[str, Any]]) -> O
 
 def _entry(ctx: _Context, name: str, path: Path, build_s: float, opset: int, logits: np.ndarray) -> dict[str, Any]:
     fmt = get_format(name)
-    result = parity(logits, ctx.ref, ctx.request.gate).to_dict()
+    checked = parity(logits, ctx.ref, ctx.request.gate)
+    result = checked.to_dict()
     status = status_for(result)
     return {
         "path": fmt.file,
@@ -185,7 +186,7 @@ def _entry(ctx: _Context, name: str, path: Path, build_s: float, opset: int, log
         "input_shape": ["batch", *ctx.chw],
         "build_s": round(build_s, 3),
         "status": status,
-        "reason": None if status == "ok" else f"top-1 agreement {result['agree_student']:.4f} < gate {result['gate']}",
+        "reason": None if status == "ok" else gate_reason(checked),
         "parity": result,
     }
 

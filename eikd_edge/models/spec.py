@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,9 +12,15 @@ from typing import Any
 import yaml
 
 from eikd_edge.errors import EikdError
+from eikd_edge.safe_yaml import load_yaml_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_SIDE = 8  # smaller inputs vanish inside any student's strided stages
+MAX_SIDE = 8192  # one 8192x8192 float image is 800 MB already
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME = 1000
+MAX_SIDECAR_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class InputSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "input spec") -> InputSpec:
         known = {"input_size", "mean", "std", "classes"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
             raise EikdError(f"{source}: unknown key(s) {unknown}; expected some of {sorted(known)}")
         kwargs: dict[str, Any] = {}
@@ -45,8 +52,10 @@ class InputSpec:
         for key in ("mean", "std"):
             if key in data:
                 kwargs[key] = _three_floats(data[key], f"{source}: {key}")
+        if "std" in kwargs and not all(v > 0 for v in kwargs["std"]):
+            raise EikdError(f"{source}: std must be positive (it divides every pixel), got {list(kwargs['std'])}")
         if "classes" in data:
-            kwargs["classes"] = tuple(str(name) for name in data["classes"])
+            kwargs["classes"] = parse_classes(data["classes"], source)
         return cls(**kwargs)
 
     def with_classes(self, classes: Sequence[str]) -> InputSpec:
@@ -54,31 +63,74 @@ class InputSpec:
 
 
 def parse_input_size(value: Any, source: str = "input size") -> tuple[int, int]:
-    """Accept 32, "32", "32x48", [32, 48] and return (H, W)."""
-    if isinstance(value, int):
-        return (value, value)
+    """Accept 32, "32", "32x48", [32, 48] and return (H, W); each side a whole number of pixels in bounds."""
+    raw = value
     if isinstance(value, str):
         parts = value.lower().replace(",", "x").split("x")
         value = [p.strip() for p in parts if p.strip()]
-    if isinstance(value, list | tuple) and len(value) in (1, 2):
-        try:
-            sizes = [int(v) for v in value]
-        except (TypeError, ValueError):
-            sizes = []
-        if sizes and all(s > 0 for s in sizes):
-            return (sizes[0], sizes[-1])
-    raise EikdError(f"{source}: cannot read input size {value!r}; use e.g. 224 or 224x224")
+    elif not isinstance(value, list | tuple):
+        value = [value]
+    sizes = [_whole_number(v) for v in value] if len(value) in (1, 2) else []
+    if not sizes or any(s is None for s in sizes):
+        raise EikdError(f"{source}: cannot read input size {raw!r}; use e.g. 224 or 224x224")
+    height, width = sizes[0], sizes[-1]
+    assert height is not None and width is not None
+    if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
+        raise EikdError(
+            f"{source}: input size {height}x{width} is out of range; each side must be at least {MIN_SIDE} pixels "
+            f"and at most {MAX_SIDE}"
+        )
+    return (height, width)
+
+
+def _whole_number(value: Any) -> int | None:
+    """An int from 32, 32.0 or "32"; None for anything else (bools, 32.5, inf, NaN, lists)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 6:
+        return int(value.strip())
+    return None
+
+
+def parse_classes(value: Any, source: str) -> tuple[str, ...]:
+    """A list of distinct class names (strings or numbers), bounded in count and length."""
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise EikdError(f"{source}: classes must be a list of names, e.g. [cat, dog], got {_short(value)}")
+    if len(value) > MAX_CLASSES:
+        raise EikdError(f"{source}: more than {MAX_CLASSES} classes ({len(value)}); is this the right file?")
+    names = tuple(str(v) for v in value)
+    too_long = next((n for n in names if len(n) > MAX_CLASS_NAME), None)
+    if too_long is not None:
+        raise EikdError(f"{source}: class name {too_long[:40]!r}... is longer than {MAX_CLASS_NAME} characters")
+    seen: set[str] = set()
+    duplicates = [n for n in names if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
+    if duplicates:
+        raise EikdError(f"{source}: duplicate class name(s) {sorted(set(duplicates))[:5]}; each class needs its own")
+    return names
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _three_floats(value: Any, source: str) -> tuple[float, float, float]:
     if isinstance(value, str):
         value = value.split(",")
     try:
-        floats = tuple(float(v) for v in value)
+        floats = tuple(float(v) for v in value) if isinstance(value, list | tuple) and len(value) == 3 else ()
     except (TypeError, ValueError):
         floats = ()
     if len(floats) != 3:
-        raise EikdError(f"{source}: expected three numbers (R,G,B), got {value!r}")
+        raise EikdError(f"{source}: expected three numbers (R,G,B), got {_short(value)}")
+    if not all(math.isfinite(v) for v in floats):
+        raise EikdError(f"{source}: expected three finite numbers (R,G,B), got {list(floats)}")
     return floats  # type: ignore[return-value]
 
 
@@ -92,9 +144,12 @@ def sidecar_path(model_path: Path) -> Path | None:
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar's mapping: at most 1 MB, JSON or YAML without aliases (no expansion bombs)."""
     try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise EikdError(f"sidecar {path} is larger than 1 MB; a sidecar holds an input size, mean, std, classes")
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else load_yaml_text(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise EikdError(f"cannot read sidecar {path}: {exc}") from None
     if not isinstance(data, dict):

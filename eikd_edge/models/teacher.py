@@ -271,6 +271,12 @@ def _dry_forward(module: nn.Module, spec: InputSpec, path: Path) -> int:
         raise EikdError(f"teacher {path.name} must return logits of shape [batch, classes]; got {_describe(out)}")
     if not torch.isfinite(out).all():
         raise EikdError(f"teacher {path.name} returns NaN or Inf on a blank image; check its weights")
+    single = module(torch.zeros(1, 3, h, w))  # scoring batches vary in size: the class count must not
+    if not isinstance(single, torch.Tensor) or tuple(single.shape) != (1, out.shape[1]):
+        raise EikdError(
+            f"teacher {path.name} returns {_describe(out)} for 2 images but {_describe(single)} for 1: its output "
+            "width depends on the batch size; it must return logits of shape (batch, classes)"
+        )
     return int(out.shape[1])
 
 

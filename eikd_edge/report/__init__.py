@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eikd_edge.atomic import write_json_atomic, write_text_atomic
+from eikd_edge.data import display_name
 from eikd_edge.report.model import Report, build_report
 from eikd_edge.run import RunPaths
 
@@ -12,12 +13,16 @@ __all__ = ["Report", "build_report", "write_report"]
 
 
 def write_report(report: Report, run: RunPaths) -> list[Path]:
-    """report.json (Report.model_dump), report.md and report.html, each written atomically."""
+    """report.json (Report.model_dump), report.md and report.html, each written atomically.
+
+    Folder names that are not valid UTF-8 (possible on Linux) appear with their odd bytes escaped (\\xff), as in
+    selection.json, so the text files stay valid UTF-8.
+    """
     from eikd_edge.report.render_html import render_html
     from eikd_edge.report.render_markdown import render_markdown
 
     return [
         write_json_atomic(run.root / "report.json", report.model_dump(mode="json")),
-        write_text_atomic(run.root / "report.md", render_markdown(report)),
-        write_text_atomic(run.root / "report.html", render_html(report)),
+        write_text_atomic(run.root / "report.md", display_name(render_markdown(report))),
+        write_text_atomic(run.root / "report.html", display_name(render_html(report))),
     ]

@@ -22,6 +22,7 @@ from eikd_edge.models.zoo import count_macs, count_parameters
 from eikd_edge.report.confusion import ConfusionSection, build_confusion
 from eikd_edge.run import RunPaths, read_json, read_resolved
 from eikd_edge.run_results import VALIDATE_FILE, model_quality
+from eikd_edge.selection_file import read_selection
 
 SCHEMA = "eikd-edge/report"
 SECTIONS = {
@@ -156,7 +157,9 @@ def build_report(run: RunPaths, confusion: bool = True) -> Report:
     notes: list[str] = []
     ckpt = load_student(run.student)
     metrics = _optional(run.metrics, notes, "metrics.json not found: run `eikd-edge distill` to get training curves")
-    selection_json = _optional(run.selection, notes, "selection.json not found")
+    selection_json = read_selection(run) if run.selection.is_file() else None
+    if selection_json is None:
+        notes.append("selection.json not found")
     validation = _optional(run.root / VALIDATE_FILE, notes, f"not validated: run `eikd-edge validate {run.root}`")
     bench_json = _optional(run.root / BENCH_FILE, notes, f"no benchmark: run `eikd-edge bench {run.root}`")
     export = read_record(run) if run.export_record.is_file() else None

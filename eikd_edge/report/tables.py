@@ -141,8 +141,8 @@ def validation(report: Report) -> TextTable:
                 t.pct(p.get("agree_student")),
                 t.pct(p.get("agree_teacher")),
                 t.pct(p.get("flip_rate")),
-                f"{p['max_abs_dprob']:.1e}" if "max_abs_dprob" in p else t.DASH,
-                f"{p['max_abs_dlogit']:.1e}" if "max_abs_dlogit" in p else t.DASH,
+                f"{p['max_abs_dprob']:.1e}" if isinstance(p.get("max_abs_dprob"), int | float) else t.DASH,
+                f"{p['max_abs_dlogit']:.1e}" if isinstance(p.get("max_abs_dlogit"), int | float) else t.DASH,
                 str(entry.get("status")) + (f": {entry['reason']}" if entry.get("reason") else ""),
             )
         )
