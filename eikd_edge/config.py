@@ -77,9 +77,7 @@ class LossConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    crop_pad: int = Field(
-        2, ge=0, le=MAX_CROP_PAD, description="pad-and-random-crop, in pixels at training resolution"
-    )
+    crop_pad: int = Field(2, ge=0, le=MAX_CROP_PAD, description="pad-and-random-crop, in pixels at training resolution")
     flip: bool = False
     jitter: float = Field(0.1, ge=0, le=1, description="brightness/contrast jitter strength")
 

@@ -25,4 +25,4 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 def load_yaml_text(text: str) -> Any:
     """`yaml.safe_load` without aliases: raises yaml.YAMLError on any alias or syntax error."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe types only

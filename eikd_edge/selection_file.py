@@ -64,7 +64,6 @@ def read_selection(run: RunPaths) -> dict[str, Any]:
         where = ".".join(str(part) for part in error["loc"] if not str(part).startswith("_"))  # no model names
         message = re.sub(r" or instance of \w+", "", str(error["msg"]))
         raise EikdError(
-            f"{run.selection}: {where}: {message}; the file was edited or damaged: "
-            "re-run `eikd-edge select`/`distill`"
+            f"{run.selection}: {where}: {message}; the file was edited or damaged: re-run `eikd-edge select`/`distill`"
         ) from None
     return data
