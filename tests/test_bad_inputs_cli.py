@@ -187,7 +187,9 @@ def _nan_student(env: Env) -> list[str]:
     model = build_model("cifar_resnet8", 10, width=0.5)
     with torch.no_grad():
         model.fc.weight.fill_(float("nan"))
-    save_student(run.run.student, model, "cifar_resnet8", {"width": 0.5}, FIXTURE_SPEC, extra={"recipe": {"method": "eikd"}})
+    save_student(
+        run.run.student, model, "cifar_resnet8", {"width": 0.5}, FIXTURE_SPEC, extra={"recipe": {"method": "eikd"}}
+    )
     return ["export", str(run.root), "--onnx"]
 
 
