@@ -86,11 +86,12 @@ def test_malformed_override_raises() -> None:
 
 def test_override_values_are_never_evaluated(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    recipe = load_recipe(None, ["train.device=__import__('os')"])
-    assert recipe.train.device == "__import__('os')"
-    # a YAML tag that an unsafe loader would execute: stays inert
+    with pytest.raises(EikdError, match="is not a device"):  # read as text, then refused: never run
+        load_recipe(None, ["train.device=__import__('os')"])
+    # a YAML tag that an unsafe loader would execute: stays inert text (then refused as a device name)
     payload = f"!!python/object/apply:os.system ['touch {marker}']"
-    assert load_recipe(None, [f"train.device={payload}"]).train.device == payload
+    with pytest.raises(EikdError, match="os.system"):
+        load_recipe(None, [f"train.device={payload}"])
     assert not marker.exists()
     with pytest.raises(EikdError):  # code in a numeric field is rejected as a bad value, not run
         load_recipe(None, [f"train.lr=__import__('pathlib').Path('{marker}').touch()"])
