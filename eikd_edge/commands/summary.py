@@ -100,6 +100,8 @@ def print_distill_summary(result: DistillResult) -> None:
         f"selected {sel['selected']} of {sel['decoded']} {source} images; best epoch {student['best_epoch']} of "
         f"{train['epochs']}; {train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
     )
+    if "budget" in train:
+        console.print(f"{train['steps']} steps of batch {train['batch_size']} ({train['budget']})", highlight=False)
     if sel["classes_below_quota"]:
         console.print(f"[yellow]classes below quota:[/] {', '.join(sel['classes_below_quota'])}")
     console.print(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}")
