@@ -79,8 +79,11 @@ def read_resolved(run: RunPaths) -> dict[str, Any]:
 
     if not run.recipe.is_file():
         raise EikdError(f"{run.root} is not a run folder (no {run.recipe.name}); run `eikd-edge distill` first")
-    data = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict) or "inputs" not in data:
+    try:
+        data = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # safe_load: a python/* tag is an error, not code
+        raise EikdError(f"cannot read {run.recipe}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("inputs"), dict):
         raise EikdError(f"{run.recipe} has no 'inputs' section")
     return data
 
