@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from eikd_edge.commands.options import (
     Classes,
@@ -150,7 +151,7 @@ def quickstart(
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")
     result = distill(inputs, settings, out, overwrite=True)
     print_distill_summary(result)
-    console.print(f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}")
+    console.print(escape(f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}"))
 
 
 def bundled_example() -> Path:
