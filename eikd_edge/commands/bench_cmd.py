@@ -12,6 +12,7 @@ from eikd_edge.commands.options import RunFolder
 from eikd_edge.console import console
 from eikd_edge.errors import EikdError
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 
 
 def bench(
@@ -53,7 +54,8 @@ def bench(
         teacher=teacher,
         images=images,
     )
-    result = bench_run(RunPaths(run), options)
+    with writing_run(run, "bench"):
+        result = bench_run(RunPaths(run), options)
     print_bench(result, console)
     console.print(f"written: {run / 'bench.json'}", highlight=False)
 

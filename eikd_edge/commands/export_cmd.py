@@ -16,6 +16,7 @@ from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
 from eikd_edge.export.pipeline import ExportRequest, ExportResult, export_run
 from eikd_edge.export.targets import DEFAULT_TARGET, load_target
+from eikd_edge.runfolder import writing_run
 
 STATUS_STYLE = {
     "ok": "[green]ok[/]",
@@ -64,7 +65,8 @@ def export(
     if calib_images < 1:
         raise EikdError("--calib-images must be at least 1")
     request = _request(onnx, int8, trt, fp16, fp32, target, opset, exporter, gate, calib_images, threads, images)
-    result = export_run(run, request)
+    with writing_run(run, "export"):
+        result = export_run(run, request)
     _print(result)
     failed = [o for o in result.outcomes if o.status == "failed"]
     gated = [o for o in result.outcomes if o.status == "failed_gate"]

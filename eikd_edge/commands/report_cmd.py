@@ -10,6 +10,7 @@ import typer
 from eikd_edge.commands.options import RunFolder
 from eikd_edge.console import console, err_console
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 
 
 def report(
@@ -25,8 +26,9 @@ def report(
     from eikd_edge.report.render_terminal import print_report
 
     paths = RunPaths(run)
-    result = build_report(paths, confusion=confusion)
-    written = write_report(result, paths)
+    with writing_run(run, "report"):
+        result = build_report(paths, confusion=confusion)
+        written = write_report(result, paths)
     print_report(result, console)
     console.print(f"written: {', '.join(str(p) for p in written)}", highlight=False)
     if open_ and not webbrowser.open(written[-1].resolve().as_uri()):
