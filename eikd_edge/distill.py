@@ -173,6 +173,7 @@ def check_inputs(inputs: DistillInputs, recipe: Recipe, run: RunPaths) -> Checke
 
 def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> str:
     """The pool's fingerprint, once it is known to hold images and (among its first files) a decodable one."""
+    root = Path(os.path.abspath(root))
     paths = scan_images(root, (run.root,))
     if not paths:
         raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
@@ -189,7 +190,7 @@ def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> str:
             raise EikdError(
                 f"none of the {len(paths)} image files in {root} could be read (most common: {reason}, {count} files)"
             )
-    return folder_fingerprint(Path(os.path.abspath(root)), paths)
+    return folder_fingerprint(root, paths)
 
 
 def prepare_run_folder(
