@@ -27,13 +27,12 @@ from eikd_edge.export.fieldset import run_field_images
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.run import RunPaths
-from eikd_edge.runfolder import Replacement
-from eikd_edge.runlock import LOCK_NAME, run_lock
 from eikd_edge.scoring import score_pool
 from tests.conftest import SPEC, save_torchscript, write_sidecar
 from tests.run_fixture import FixtureRun, fresh_run
 
 runner = CliRunner()
+LOCK_NAME = ".eikd-edge.lock"
 FAST = ["train.epochs=1", "train.batch_size=16", "student.width=0.5", "selection.batch_size=64"]
 SETS = [arg for item in FAST for arg in ("--set", item)]
 
@@ -58,8 +57,8 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 def _one_line_error(output: str, *words: str) -> None:
     assert "Traceback" not in output and "internal error" not in output, output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error:") or any(line.startswith("error:") for line in lines), output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
     for word in words:
         assert word in " ".join(output.split()), output
 
@@ -152,7 +151,9 @@ def test_a_folder_that_only_looks_like_a_run_is_refused(
 # --- select: refuses an existing run, leaves no folder behind when it fails ------------------------------------------
 
 
-def test_select_refuses_an_existing_run_unless_overwrite(run_copy: Path, script_teacher: Path, digit_images: Path) -> None:
+def test_select_refuses_an_existing_run_unless_overwrite(
+    run_copy: Path, script_teacher: Path, digit_images: Path
+) -> None:
     args = ["select", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(run_copy)]
     before = _snapshot(run_copy)
     refused = runner.invoke(app, args)
@@ -203,9 +204,7 @@ def _holder(root: Path, seconds: float) -> subprocess.Popen:
     return process
 
 
-def test_a_second_writer_is_refused_naming_the_holder(
-    run_copy: Path, script_teacher: Path, digit_images: Path
-) -> None:
+def test_a_second_writer_is_refused_naming_the_holder(run_copy: Path, script_teacher: Path, digit_images: Path) -> None:
     before = _snapshot(run_copy)
     process = _holder(run_copy, 60)
     try:
@@ -253,6 +252,8 @@ def test_two_distills_into_one_folder_one_wins(tmp_path: Path, script_teacher: P
 
 
 def test_a_stale_lock_of_a_killed_command_is_taken_over(run_copy: Path) -> None:
+    from eikd_edge.runlock import run_lock
+
     process = _holder(run_copy, 60)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -434,12 +435,11 @@ def test_leftovers_of_killed_commands_are_swept_and_only_those(
     assert not dead_dir.exists() and live_dir.exists()
 
 
-def test_an_unfinished_run_gets_one_consistent_answer(
-    tmp_path: Path, script_teacher: Path, digit_images: Path
-) -> None:
+def test_an_unfinished_run_gets_one_consistent_answer(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
     """Killed after selection.json and the recipe, before train_state.pt: both answers point at --overwrite."""
     out = tmp_path / "run"
-    assert runner.invoke(app, ["select", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(out)]).exit_code == 0
+    selected = runner.invoke(app, ["select", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(out)])
+    assert selected.exit_code == 0, selected.output
     recipe = (out / "recipe.resolved.yaml").read_text().replace("stage: select\n", "")
     (out / "recipe.resolved.yaml").write_text(recipe)
     plain = runner.invoke(app, _distill(script_teacher, digit_images, out))
@@ -453,8 +453,16 @@ def test_an_unfinished_run_gets_one_consistent_answer(
     assert runner.invoke(app, _distill(script_teacher, digit_images, out, "--overwrite")).exit_code == 0
 
 
+def test_the_lock_file_name_is_the_tools(tmp_path: Path) -> None:
+    from eikd_edge.runlock import LOCK_NAME as name
+
+    assert name == LOCK_NAME
+
+
 def test_a_replacement_killed_before_its_first_checkpoint_is_undone(run_copy: Path) -> None:
     """The journal a killed --overwrite leaves behind: the next command puts the old run back."""
+    from eikd_edge.runfolder import Replacement
+
     before = _snapshot(run_copy)
     Replacement.begin(RunPaths(run_copy))  # ... and the process dies before commit or rollback
     (run_copy / "selection.json").write_text("{half of a new run}")
