@@ -174,7 +174,7 @@ class Replacement:
             os.replace(run.root / rel, target)
         (journal / _INCOMPLETE).unlink()
         for rel in owned_files(journal):
-            if rel.parts[0] in REUSABLE:
+            if rel.parts[0] in REUSABLE and not (journal / rel).is_symlink():
                 _link_or_copy(journal / rel, run.root / rel)
         return cls(run, True)
 

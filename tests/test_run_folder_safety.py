@@ -215,6 +215,7 @@ def test_a_second_writer_is_refused_naming_the_holder(run_copy: Path, script_tea
             ["validate", str(run_copy)],
             ["bench", str(run_copy)],
             ["report", str(run_copy)],
+            ["synthesize", "-t", str(script_teacher), "-n", "2", "-o", str(run_copy / "synthetic")],
         ]
         for command in commands:
             result = runner.invoke(app, command)
