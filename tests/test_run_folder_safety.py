@@ -472,3 +472,18 @@ def test_a_replacement_killed_before_its_first_checkpoint_is_undone(run_copy: Pa
     assert result.exit_code == 1
     assert "previous run was put back" in " ".join(result.output.split())
     assert _snapshot(run_copy) == before
+
+
+def test_killed_between_student_and_train_state_gets_no_circle(
+    run_copy: Path, script_teacher: Path, digit_images: Path
+) -> None:
+    """student.pt written, train_state.pt not yet: neither answer sends the user to the other."""
+    (run_copy / "train_state.pt").unlink()
+    plain = runner.invoke(app, _distill(script_teacher, digit_images, run_copy))
+    assert plain.exit_code == 1
+    _one_line_error(plain.output, "--overwrite")
+    assert "--resume" not in plain.output
+    resumed = runner.invoke(app, _distill(script_teacher, digit_images, run_copy, "--resume"))
+    assert resumed.exit_code == 1
+    _one_line_error(resumed.output, "nothing to resume", "--overwrite")
+    assert "drop --resume" not in resumed.output
