@@ -25,7 +25,7 @@ from eikd_edge.export.fieldset import folder_images, run_field_images
 from eikd_edge.export.formats import FORMATS, Format
 from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.latency import LatencyStats, Timing, cpu_count, cuda_compute, latency_stats, machine_info, time_calls
-from eikd_edge.run import RunPaths, load_run_teacher
+from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.run_results import model_quality
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
@@ -97,6 +97,7 @@ class BenchOptions:
     device: str = "auto"  # auto | cpu | cuda
     teacher: bool = True
     images: Path | None = None  # a folder of field images instead of the run's holdout slice
+    trust_pickle: bool = False  # from the command line only: may the teacher's file be unpickled
 
 
 def backend_of(fmt: Format) -> str:
@@ -229,9 +230,11 @@ def _teacher_rows(
 ) -> list[BenchRow]:
     info: dict[str, Any] = {"model": "teacher", "backend": "torch", "precision": "fp32", **quality.get("teacher", {})}
     try:
-        teacher = load_run_teacher(run)
+        teacher = load_run_teacher(run, options.trust_pickle)
         info["size_bytes"] = Path(teacher.path).stat().st_size
         predictor = TorchPredictor(_TeacherLogits(teacher), teacher.spec, device)
+    except TeacherChanged:
+        raise
     except (EikdError, OSError) as exc:
         return [BenchRow(**info, batch=None, status=f"skipped: teacher not available ({_why(exc)})")]
     return _measure_rows(predictor, images, options, info, device)

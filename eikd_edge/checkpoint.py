@@ -71,17 +71,35 @@ def save_student(
     return save_torch_atomic(path, payload)
 
 
-def load_student(path: Path) -> StudentCheckpoint:
-    """Rebuild the student from student.pt in eval mode."""
+def _read_payload(path: Path) -> dict[str, Any]:
+    """student.pt as plain data: the weights-only unpickler refuses any Python object, so no code in it runs."""
     path = Path(path)
     if not path.is_file():
         raise EikdError(f"student checkpoint not found: {path} (run `eikd-edge distill` first)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
         raise EikdError(f"cannot read student checkpoint {path}: {type(exc).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise EikdError(f"{path} is not an eikd-edge student checkpoint")
+    return payload
+
+
+def teacher_record(path: Path) -> tuple[str, str] | None:
+    """(path, sha256) of the teacher this student was distilled from, as training recorded it; None if absent."""
+    record = _read_payload(path).get("teacher")
+    if not isinstance(record, dict):
+        return None
+    teacher_path, digest = record.get("path"), record.get("sha256")
+    if not isinstance(teacher_path, str) or not isinstance(digest, str):
+        return None
+    return teacher_path, digest
+
+
+def load_student(path: Path) -> StudentCheckpoint:
+    """Rebuild the student from student.pt in eval mode."""
+    path = Path(path)
+    payload = _read_payload(path)
     spec = InputSpec.from_dict(payload["spec"], source=str(path))
     model = build_model(payload["arch"], len(spec.classes), **payload.get("arch_kwargs", {}))
     model.load_state_dict(payload["state_dict"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click
@@ -38,7 +40,7 @@ class _ErrorsToExitCodes(TyperGroup):
         except EikdError as exc:
             if os.environ.get("EIKD_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -49,7 +51,7 @@ class _ErrorsToExitCodes(TyperGroup):
             if os.environ.get("EIKD_DEBUG"):
                 raise
             err_console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(_first_line(exc))} "
                 "(a bug in eikd-edge: re-run with --debug for the traceback and report it)",
                 highlight=False,
                 soft_wrap=True,
@@ -86,7 +88,50 @@ def _root(
 register_all(app)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else ""
+
+
+_FONT_NOTE = "the plots' font lacks some characters of the class names: they show as boxes in the report's plots"
+_shown: set[str] = set()
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: object = None,
+) -> None:
+    """A library warning as one note in the tool's voice: the library's name, the first line, no source path."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    # matplotlib warns once per missing glyph: one note says it all
+    text = _FONT_NOTE if "missing from font" in text else f"{_library(filename)}: {text}"
+    if text in _shown:
+        return
+    _shown.add(text)
+    err_console.print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def _library(filename: str) -> str:
+    """The top-level package that warned (`torch`, `matplotlib`, ...), from the file's path."""
+    parts = Path(filename).parts
+    if "site-packages" in parts and parts.index("site-packages") + 1 < len(parts):
+        return Path(parts[parts.index("site-packages") + 1]).stem
+    return "eikd-edge" if "eikd_edge" in parts else Path(filename).stem
+
+
+def quiet_library_warnings() -> None:
+    """Deprecation notices speak to the developers of the libraries, not to users: dropped. Anything else a
+    library warns about reaches the terminal once, as one line (see _show_warning)."""
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.showwarning = _show_warning
+
+
 def main() -> None:
     """Entry for `python -m eikd_edge` and `torchrun -m eikd_edge`."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_library_warnings()
     app()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from eikd_edge.errors import EikdError
 
@@ -41,7 +41,10 @@ class SelectionConfig(_Strict):
 class ClassDropConfig(_Strict):
     enabled: bool = True
     top_k: int | None = Field(None, gt=0, description="keep the k most probable classes (overrides mass)")
-    mass: float = Field(0.9, gt=0, le=1, description="keep the smallest class set reaching this teacher mass")
+    mass: float = Field(
+        0.9, gt=0, le=1, description="keep the smallest class set reaching this mass of the τ-softened teacher"
+    )
+    min_classes: int = Field(2, ge=1, description="never keep fewer classes (the runner-up carries dark knowledge)")
     student: Literal["masked", "full"] = Field(
         "full", description="full: student softmax over every class (measured better); masked: kept classes only"
     )
@@ -96,8 +99,11 @@ class SynthesisConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(12, gt=0)
+    epochs: int | None = Field(None, gt=0, description="passes over the training images; default: from the pool")
     steps: int | None = Field(None, gt=0, description="optimizer-step budget; overrides epochs when set")
+    budget: str | float | None = Field(
+        None, description="wall-clock budget for training, e.g. 90s, 10m, 2h, or seconds (overrides both)"
+    )
     batch_size: int = Field(128, gt=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
@@ -107,10 +113,25 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     teacher_targets: Literal["cached", "online"] = Field(
-        "cached", description="cached: the selection pass's outputs; online: teacher re-run on each augmented batch"
+        "online", description="online: teacher run on the student's augmented view; cached: the selection pass's"
+    )
+    mix: Literal["none", "mixup", "cutmix"] = Field(
+        "none", description="function matching: mix pairs of field images, the teacher labels the mixed image"
+    )
+    mix_alpha: float = Field(1.0, gt=0, description="Beta(α, α) for the mixing ratio")
+    precise_bn: int = Field(
+        1024, ge=0, description="training images that re-estimate BatchNorm statistics before each evaluation (0: off)"
     )
     augment: AugmentConfig = AugmentConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+
+    @model_validator(mode="after")
+    def _mixing_needs_the_teacher_online(self) -> TrainConfig:
+        if self.mix != "none" and self.teacher_targets == "cached":
+            raise ValueError("train.mix needs train.teacher_targets=online (the teacher must label the mixed image)")
+        if self.budget is not None:
+            parse_duration(self.budget)
+        return self
 
 
 class Recipe(_Strict):
@@ -121,8 +142,58 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
 
+    @model_validator(mode="after")
+    def _no_settings_the_method_ignores(self) -> Recipe:
+        ignored = ignored_settings(self)
+        if ignored:
+            raise ValueError(f"method {self.method} ignores {', '.join(ignored)}; drop them or use --method eikd")
+        return self
+
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# settings that only some methods read: the rest must not be changed from the default, or the user is misled
+_USED_BY: dict[str, tuple[str, ...]] = {
+    "selection.sampler": ("eikd",),
+    "selection.odsd_temperature": ("eikd",),
+    "selection.score": ("eikd", "random"),
+    "selection.keep_fraction": ("eikd", "random", "dfnd"),
+    "selection.balance": ("eikd", "random", "dfnd"),
+    "selection.dedup_threshold": ("eikd", "random", "dfnd"),
+    "loss.class_drop": ("eikd", "random"),
+    "loss.feature": ("eikd", "random"),
+    "loss.relation": ("eikd", "random"),
+}
+
+
+def ignored_settings(recipe: Recipe) -> list[str]:
+    """Dotted names of settings changed from their default that `recipe.method` never reads."""
+    defaults = Recipe.model_construct().model_dump(mode="json")
+    current = recipe.model_dump(mode="json")
+    ignored = []
+    for dotted, methods in _USED_BY.items():
+        if recipe.method in methods:
+            continue
+        section, name = dotted.split(".")
+        if current[section][name] != defaults[section][name]:
+            ignored.append(dotted)
+    return ignored
+
+
+def parse_duration(text: str | float) -> float:
+    """'90s', '10m', '1.5h' or a plain number of seconds -> seconds (positive and finite)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    raw = str(text).strip().lower()
+    scale = units.get(raw[-1:])
+    number = raw[:-1] if scale else raw
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"train.budget {text!r}: expected e.g. 90s, 10m or 2h") from None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"train.budget {text!r}: must be a positive duration")
+    return seconds
 
 
 def load_recipe(path: Path | None = None, overrides: list[str] | None = None) -> Recipe:
@@ -180,6 +251,8 @@ def _explain(exc: ValidationError) -> str:
     location = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown setting {location!r}{_suggest(error['loc'])}"
+    if error["type"] == "value_error":  # our own validators: the message already names the settings
+        return str(error.get("ctx", {}).get("error", error["msg"]))
     return f"{location}: {error['msg']}"
 
 

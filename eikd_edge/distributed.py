@@ -68,3 +68,15 @@ def barrier(ctx: DistContext) -> None:
 def cleanup(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def parameter_checksums(module: torch.nn.Module, ctx: DistContext) -> list[float]:
+    """One position-weighted checksum of the parameters per rank: DDP ranks must hold identical weights."""
+    with torch.no_grad():
+        total = torch.zeros((), dtype=torch.float64)
+        offset = 1
+        for param in module.parameters():
+            flat = param.detach().double().flatten().cpu()
+            total += (flat * torch.arange(offset, offset + flat.numel(), dtype=torch.float64)).sum()
+            offset += flat.numel()
+    return [float(v) for v in gather_objects(float(total), ctx)]

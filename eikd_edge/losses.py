@@ -12,18 +12,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def kept_class_mask(teacher_logits: torch.Tensor, top_k: int | None = None, mass: float = 1.0) -> torch.Tensor:
-    """Per sample, the classes carrying the teacher's top probability: top-k, or the smallest set reaching `mass`."""
-    probs = teacher_logits.float().softmax(dim=1)
-    if top_k is not None:
-        k = min(top_k, probs.shape[1])
+def kept_class_mask(
+    teacher_logits: torch.Tensor,
+    top_k: int | None = None,
+    mass: float = 1.0,
+    temperature: float = 1.0,
+    min_classes: int = 1,
+) -> torch.Tensor:
+    """Per sample, the classes carrying the teacher's top probability: top-k, or the smallest set reaching `mass`.
+
+    The mass is measured on the distribution the loss uses (softmax(z / temperature)), never on a sharper one:
+    at τ = 1 a confident teacher reaches any mass with its top class alone, which would turn KD into
+    cross-entropy on a hard pseudo-label. At least `min_classes` classes are kept, so the class the teacher ranks
+    next (its dark knowledge) always survives.
+    """
+    probs = (teacher_logits.float() / temperature).softmax(dim=1)
+    if top_k is not None or mass >= 1.0:
+        k = min(top_k, probs.shape[1]) if top_k is not None else probs.shape[1]
         mask = torch.zeros_like(probs, dtype=torch.bool)
         return mask.scatter_(1, probs.topk(k, dim=1).indices, True)
-    if mass >= 1.0:
-        return torch.ones_like(probs, dtype=torch.bool)
     sorted_probs, order = probs.sort(dim=1, descending=True)
     mass_before = sorted_probs.cumsum(dim=1) - sorted_probs
     keep_sorted = mass_before < mass  # keep until the running mass reaches the target (the crossing class too)
+    keep_sorted[:, : min(min_classes, probs.shape[1])] = True
     return torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
 
 

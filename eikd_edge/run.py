@@ -96,20 +96,42 @@ def read_resolved(run: RunPaths) -> dict[str, Any]:
 
     if not run.recipe.is_file():
         raise EikdError(f"{run.root} is not a run folder (no {run.recipe.name}); run `eikd-edge distill` first")
-    data = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict) or "inputs" not in data:
+    try:
+        data = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # safe_load: a python/* tag is an error, not code
+        raise EikdError(f"cannot read {run.recipe}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("inputs"), dict):
         raise EikdError(f"{run.recipe} has no 'inputs' section")
     return data
 
 
-def load_run_teacher(run: RunPaths) -> Any:
-    """The teacher that produced this run, loaded exactly as the run loaded it."""
-    from eikd_edge.models.teacher import load_teacher
+class TeacherChanged(EikdError):
+    """The teacher file no longer holds the bytes the run was distilled from."""
+
+
+def load_run_teacher(run: RunPaths, trust_pickle: bool = False) -> Any:
+    """The teacher that produced this run, loaded as the run loaded it once its bytes are proven unchanged.
+
+    `trust_pickle` comes from the command line of the command being run, never from the run folder: a run folder
+    may come from anyone, and its recipe must not be able to switch unpickling on.
+    """
+    from eikd_edge.checkpoint import teacher_record
+    from eikd_edge.models.teacher import file_sha256, load_teacher
 
     inputs = read_resolved(run)["inputs"]
-    return load_teacher(
-        Path(inputs["teacher"]),
-        arch=inputs.get("teacher_arch"),
-        trust_pickle=bool(inputs.get("trust_pickle", False)),
-        spec_overrides=inputs.get("spec_overrides") or {},
-    )
+    teacher = Path(str(inputs.get("teacher") or ""))
+    if not teacher.is_file():
+        raise EikdError(f"teacher file not found: {teacher}")
+    record = teacher_record(run.student)
+    if record is None:
+        raise EikdError(f"{run.student} records no teacher sha256, so {teacher} cannot be checked: not loaded")
+    digest = file_sha256(teacher)
+    if digest != record[1]:
+        raise TeacherChanged(
+            f"teacher {teacher} changed since this run was distilled (sha256 {record[1][:12]}... recorded in "
+            f"{run.student.name}, now {digest[:12]}...); restore it or distil again"
+        )
+    arch, overrides = inputs.get("teacher_arch"), inputs.get("spec_overrides") or {}
+    if not isinstance(overrides, dict) or not (arch is None or isinstance(arch, str)):
+        raise EikdError(f"{run.recipe} has a malformed teacher_arch or spec_overrides")
+    return load_teacher(teacher, arch=arch, trust_pickle=trust_pickle, spec_overrides=overrides)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from eikd_edge.checkpoint import save_student, save_torch_atomic
-from eikd_edge.config import Recipe
+from eikd_edge.config import Recipe, parse_duration
 from eikd_edge.data import normalize
-from eikd_edge.distributed import DistContext, barrier, broadcast_object
+from eikd_edge.distributed import DistContext, barrier, broadcast_object, parameter_checksums
 from eikd_edge.errors import Interrupted
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel
@@ -24,7 +24,19 @@ from eikd_edge.models.zoo import build_model, count_macs, count_parameters
 from eikd_edge.run import RunPaths
 from eikd_edge.scoring import PoolScores, progress_bar
 from eikd_edge.selection import Selection
-from eikd_edge.training import DistillNet, augment, distillation_loss, uses_projector, warmup_cosine
+from eikd_edge.training import (
+    DistillNet,
+    augment,
+    build_optimizer,
+    default_epochs,
+    describe_budget,
+    distillation_loss,
+    mix_images,
+    recalibrate_batchnorm,
+    steps_within_budget,
+    uses_projector,
+    warmup_cosine,
+)
 
 
 @torch.no_grad()
@@ -73,13 +85,9 @@ class Trainer:
         if ctx.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        if cfg.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
-            )
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(self.net, cfg)
+        self.initial_checksum = parameter_checksums(self.student, ctx)[0]
+        self.final_checksums: list[float] = []
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"agreement": -1.0, "epoch": -1, "state": None}
         self.step = 0
@@ -88,19 +96,22 @@ class Trainer:
         self.images_seen = 0
         self.teacher_val_top1: float | None = None
         self.total_steps = 0
+        self.n_train = 0
 
-    def configure_schedule(self, total_steps: int, warmup_steps: int) -> None:
+    def configure_schedule(self, warmup_steps: int) -> None:
+        """Warm-up + cosine over `self.total_steps`, read at every step so a wall-clock budget can set it late."""
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps)
+            self.optimizer, lambda s: warmup_cosine(s, self.total_steps, warmup_steps)
         )
 
     def _schedule(self, n_train: int) -> tuple[int, int, int]:
         cfg = self.recipe.train
         global_batch = min(cfg.batch_size, n_train)
         steps_per_epoch = max(1, n_train // global_batch)
-        total = cfg.steps or cfg.epochs * steps_per_epoch
-        epochs = math.ceil(total / steps_per_epoch)
-        return global_batch, steps_per_epoch, total if cfg.steps else epochs * steps_per_epoch
+        if cfg.steps:
+            return global_batch, steps_per_epoch, cfg.steps
+        epochs = cfg.epochs or default_epochs(n_train, global_batch)
+        return global_batch, steps_per_epoch, epochs * steps_per_epoch
 
     def fit(
         self,
@@ -115,6 +126,7 @@ class Trainer:
         cfg = self.recipe.train
         device = self.device
         images = train_images.to(device)
+        self._train_images = images  # every rank holds the same set: BatchNorm re-estimation agrees across ranks
         t_logits = pool.logits[torch.as_tensor(train_idx)].to(device)
         t_embed = pool.embeddings[torch.as_tensor(train_idx)].to(device)
         hold_targets = pool.logits[torch.as_tensor(hold_idx)].argmax(1) if len(hold_idx) else None
@@ -122,16 +134,17 @@ class Trainer:
             self.teacher_val_top1 = _top1(
                 predict_logits(_TeacherLogits(self.teacher), val[0], self.spec, device), val[1]
             )
+        self.n_train = len(images)
         batch, steps_per_epoch, total_steps = self._schedule(len(images))
-        epochs = math.ceil(total_steps / steps_per_epoch)
-        self.configure_schedule(total_steps, int(cfg.warmup_epochs * steps_per_epoch))
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.configure_schedule(int(cfg.warmup_epochs * steps_per_epoch))
         if resume:
             self._load_state()
-        self.total_steps, self.epochs = total_steps, epochs
         show = self.ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
         with progress_bar(disable=not show) as bar:
             task = bar.add_task(f"Distilling ({self.recipe.method})", total=total_steps, completed=self.step, rate="")
-            for epoch in range(self.start_epoch, epochs):
+            epoch = self.start_epoch
+            while self.step < self.total_steps:
                 try:
                     self._run_epoch(epoch, images, t_logits, t_embed, batch, steps_per_epoch, bar, task)
                     self._end_epoch(epoch, hold_images, hold_targets, val)
@@ -140,6 +153,19 @@ class Trainer:
                         f"interrupted in epoch {epoch + 1}; the last checkpoint written is intact: "
                         "re-run the same command with --resume"
                     ) from None
+                if epoch == self.start_epoch and cfg.budget is not None:
+                    self._fit_budget(parse_duration(cfg.budget), bar, task)
+                epoch += 1
+        self.final_checksums = parameter_checksums(self.student, self.ctx)
+        if len(set(self.final_checksums)) > 1:  # a broken DDP set-up would otherwise ship rank 0's private model
+            raise RuntimeError(f"training ranks hold different weights: {self.final_checksums}")
+
+    def _fit_budget(self, budget_s: float, bar: Any, task: Any) -> None:
+        """A wall-clock budget becomes a step count once one epoch has been timed (same on every rank)."""
+        steps = steps_within_budget(budget_s, self.wall_s, self.step)
+        steps = int(broadcast_object(steps, self.ctx)) if self.ctx.enabled else steps
+        self.total_steps = steps
+        bar.update(task, total=steps)
 
     def _run_epoch(
         self,
@@ -182,7 +208,10 @@ class Trainer:
         self, images: torch.Tensor, t_logits: torch.Tensor, t_embed: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
         self.net.train()
-        x = normalize(augment(images, self.recipe.train.augment, generator).clamp(0, 255), self.spec)
+        x = augment(images, self.recipe.train.augment, generator).clamp(0, 255)
+        if self.recipe.train.mix != "none":
+            x = mix_images(x, self.recipe.train.mix, self.recipe.train.mix_alpha, generator)
+        x = normalize(x, self.spec)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         if self.recipe.train.teacher_targets == "online":
@@ -208,6 +237,7 @@ class Trainer:
         val: tuple[torch.Tensor, torch.Tensor, list[str]] | None,
     ) -> None:
         record = self._epoch_record
+        recalibrate_batchnorm(self.student, self._train_images, self.spec, self.recipe.train.precise_bn)
         if self.ctx.is_main:
             agreement = float("nan")
             if hold_targets is not None:
@@ -252,6 +282,7 @@ class Trainer:
                 "best": self.best,
                 "wall_s": self.wall_s,
                 "images_seen": self.images_seen,
+                "total_steps": self.total_steps,
                 "recipe": self.recipe.dump(),
             },
         )
@@ -267,6 +298,7 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.wall_s = state["wall_s"]
         self.images_seen = state["images_seen"]
+        self.total_steps = int(state.get("total_steps", self.total_steps))
 
     def metrics(self, selection: Selection, val: Path | None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
@@ -302,9 +334,12 @@ class Trainer:
                 "wall_s": round(self.wall_s, 3),
                 "images_per_s": round(self.images_seen / self.wall_s, 1) if self.wall_s else None,
                 "steps": self.step,
+                "batch_size": min(self.recipe.train.batch_size, self.n_train),
+                "budget": describe_budget(self.recipe.train),
                 "epochs": len(self.history),
                 "device": str(self.device),
                 "world_size": self.ctx.world_size,
+                "param_checksum": {"initial": self.initial_checksum, "final": self.final_checksums},
             },
             "history": self.history,
             "val": str(val) if val else None,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from eikd_edge.config import AugmentConfig, Recipe
+from eikd_edge.config import AugmentConfig, Recipe, TrainConfig
+from eikd_edge.data import normalize
 from eikd_edge.losses import (
     NoiseAdaptation,
     class_drop_kd,
@@ -19,6 +21,7 @@ from eikd_edge.losses import (
     selfpaced_lambda,
     selfpaced_weights,
 )
+from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.taps import EmbeddingHook, find_classifier
 
 
@@ -47,6 +50,95 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * contrast + mean * brightness).clamp(0, 255)
     return x
+
+
+def mix_images(x: torch.Tensor, mode: str, alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """Function matching (Beyer et al. 2022): mix each image with another of the batch; the teacher labels the
+    result, so no label needs mixing. mixup blends whole images, cutmix pastes a box of the partner image."""
+    batch = x.shape[0]
+    if batch < 2:
+        return x
+    device = x.device
+    draw = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
+    lam = float(np.random.default_rng(draw).beta(alpha, alpha))  # seeded from the step's generator: resumable
+    partner = x[torch.randperm(batch, generator=generator, device=device)]
+    if mode == "mixup":
+        return lam * x + (1.0 - lam) * partner
+    height, width = x.shape[2:]
+    cut_h, cut_w = round(height * math.sqrt(1 - lam)), round(width * math.sqrt(1 - lam))
+    top = int(torch.randint(0, height - cut_h + 1, (1,), generator=generator, device=device))
+    left = int(torch.randint(0, width - cut_w + 1, (1,), generator=generator, device=device))
+    mixed = x.clone()
+    mixed[:, :, top : top + cut_h, left : left + cut_w] = partner[:, :, top : top + cut_h, left : left + cut_w]
+    return mixed
+
+
+def default_epochs(n_train: int, batch_size: int) -> int:
+    """Epochs when the user sets no budget: enough passes to reach the plateau on a small pool (at least
+    MIN_DEFAULT_STEPS optimizer steps), and DEFAULT_EPOCHS passes on a large one."""
+    steps_per_epoch = max(1, n_train // max(1, batch_size))
+    return max(DEFAULT_EPOCHS, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch))
+
+
+def steps_within_budget(budget_s: float, elapsed_s: float, steps_done: int) -> int:
+    """Total steps that fit a wall-clock budget at the pace measured so far (never fewer than already done)."""
+    if steps_done <= 0 or elapsed_s <= 0:
+        return max(steps_done, 1)
+    return max(steps_done, int(budget_s * steps_done / elapsed_s))
+
+
+def describe_budget(cfg: TrainConfig) -> str:
+    """Where the step count came from, in the words of the flag that would change it."""
+    if cfg.budget is not None:
+        return f"--budget {cfg.budget}"
+    if cfg.steps:
+        return f"train.steps={cfg.steps}"
+    if cfg.epochs:
+        return f"--epochs {cfg.epochs}"
+    return f"default: {DEFAULT_EPOCHS} epochs, at least {MIN_DEFAULT_STEPS} steps; --epochs or --budget to change"
+
+
+DEFAULT_EPOCHS = 30
+MIN_DEFAULT_STEPS = 1000
+
+
+def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over everything that trains. Weight decay would pull DFND's noise transition
+    towards uniform (its logits toward zero), so that matrix is excluded from it."""
+    noise = getattr(net, "noise", None)
+    noise_ids = {id(p) for p in noise.parameters()} if noise is not None else set()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in noise_ids], "weight_decay": cfg.weight_decay}]
+    if noise_ids:
+        groups.append({"params": [p for p in trainable if id(p) in noise_ids], "weight_decay": 0.0})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, images: torch.Tensor, spec: InputSpec, count: int, batch_size: int = 256
+) -> None:
+    """Precise BatchNorm: re-estimate every BatchNorm's running statistics as the plain average over `count`
+    training images in train mode, so eval-mode outputs match what the student learned. On short schedules (and
+    with torchvision's momentum 0.01) the running averages lag far behind the weights and eval logits explode."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or count <= 0 or len(images) == 0:
+        return
+    saved = [(m.momentum, m.training) for m in layers]
+    was_training = model.training
+    model.train()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative moving average: every batch counts equally
+    picks = torch.linspace(0, len(images) - 1, min(count, len(images)), device=images.device).round().long()
+    subset = images[picks]  # spread over the whole (path-ordered) set, not its first folder
+    for start in range(0, len(subset), batch_size):
+        model(normalize(subset[start : start + batch_size].float(), spec))
+    for layer, (momentum, _) in zip(layers, saved, strict=True):
+        layer.momentum = momentum
+    model.train(was_training)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -114,7 +206,8 @@ def distillation_loss(
     eikd_like = recipe.method in ("eikd", "random")
     mask = None
     if eikd_like and cfg.class_drop.enabled:
-        mask = kept_class_mask(teacher_logits, cfg.class_drop.top_k, cfg.class_drop.mass)
+        drop = cfg.class_drop
+        mask = kept_class_mask(teacher_logits, drop.top_k, drop.mass, cfg.temperature, drop.min_classes)
     parts["kd"] = class_drop_kd(
         student_logits, teacher_logits, cfg.temperature, mask, cfg.class_drop.student == "masked", reduction="none"
     )

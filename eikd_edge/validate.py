@@ -21,7 +21,7 @@ from eikd_edge.export.fieldset import FieldImages, folder_images, run_field_imag
 from eikd_edge.export.formats import FORMATS, get_format
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.tensorrt import unavailable_reason
-from eikd_edge.run import RunPaths, load_run_teacher
+from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
 DEFAULT_GATE = 0.99
@@ -115,13 +115,19 @@ def top1(predictor: Any, ref: Reference) -> float | None:
 
 
 def reference_outputs(
-    run: RunPaths, ckpt: StudentCheckpoint, images: FieldImages, val_dir: Path | None = None
+    run: RunPaths,
+    ckpt: StudentCheckpoint,
+    images: FieldImages,
+    val_dir: Path | None = None,
+    trust_pickle: bool = False,
 ) -> Reference:
     """Student logits, teacher logits (None with a note when the teacher cannot be loaded) and optional labels."""
     notes: list[str] = []
     teacher = None
     try:
-        teacher = load_run_teacher(run)
+        teacher = load_run_teacher(run, trust_pickle)
+    except TeacherChanged:
+        raise  # another file than the one distilled from: refuse rather than compare against it
     except EikdError as exc:
         notes.append(f"teacher not available, teacher agreement skipped: {exc}")
     if teacher is not None and tuple(teacher.spec.classes) != tuple(ckpt.spec.classes):
@@ -157,6 +163,7 @@ def validate_run(
     val_dir: Path | None = None,
     threads: int = 0,
     limit: int = MAX_IMAGES,
+    trust_pickle: bool = False,
 ) -> ValidationResult:
     """Check every artifact in export.json; write validate.json and each artifact's parity into export.json."""
     if not run.root.is_dir():
@@ -171,7 +178,7 @@ def validate_run(
     images = (
         folder_images(images_dir, ckpt.spec, limit) if images_dir else run_field_images(run, ckpt.spec, "parity", limit)
     )
-    ref = reference_outputs(run, ckpt, images, val_dir)
+    ref = reference_outputs(run, ckpt, images, val_dir, trust_pickle)
     checks = [check_artifact(run, name, entries[name], ckpt, ref, gate, threads) for name in _ordered(entries)]
     updates = {c.name: {"status": c.status, "parity": c.parity.to_dict()} for c in checks if c.parity is not None}
     merge_record(run, update=updates)

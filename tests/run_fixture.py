@@ -27,6 +27,7 @@ from PIL import Image
 from eikd_edge.checkpoint import save_student
 from eikd_edge.data import normalize, resize_center_crop
 from eikd_edge.models.spec import InputSpec
+from eikd_edge.models.teacher import file_sha256
 from eikd_edge.models.zoo import build_model
 from eikd_edge.run import RunPaths
 
@@ -160,7 +161,9 @@ def _build_run(root: Path) -> FixtureRun:
 
     run = RunPaths(root / "run")
     run.root.mkdir()
-    save_student(run.student, student, "cifar_resnet8", {"width": 0.5}, SPEC, extra={"recipe": {"method": "eikd"}})
+    teacher_record = {"path": str(teacher_path.resolve()), "sha256": file_sha256(teacher_path)}
+    extra = {"recipe": {"method": "eikd"}, "teacher": teacher_record}
+    save_student(run.student, student, "cifar_resnet8", {"width": 0.5}, SPEC, extra=extra)
     with torch.no_grad():
         probs = F.softmax(teacher(normalize(_as_input(pixels[list(POOL)]), SPEC)), 1)
     _write_selection(run, pool, probs)

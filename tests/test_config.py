@@ -25,11 +25,11 @@ def test_defaults_validate() -> None:
 
 
 def test_overrides_apply_typed_values() -> None:
-    recipe = load_recipe(None, ["train.lr=0.2", "loss.feature.enabled=false", "method=kd"])
+    recipe = load_recipe(None, ["train.lr=0.2", "loss.feature.enabled=false", "method=random"])
     assert recipe.train.lr == 0.2
     assert isinstance(recipe.train.lr, float)
     assert recipe.loss.feature.enabled is False
-    assert recipe.method == "kd"
+    assert recipe.method == "random"
     # untouched settings keep their defaults
     assert recipe.loss.relation == Recipe().loss.relation
     assert recipe.train.epochs == Recipe().train.epochs
@@ -100,13 +100,13 @@ def test_override_values_are_never_evaluated(tmp_path: Path) -> None:
 def test_yaml_recipe_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text(
-        "method: dfnd\n"
+        "method: eikd\n"
         "selection:\n  keep_fraction: 0.3\n  score: energy\n"
         "loss:\n  temperature: 2.0\n  relation:\n    enabled: false\n"
         "train:\n  epochs: 2\n  optimizer: adamw\n"
     )
     recipe = load_recipe(path, ["train.epochs=5"])
-    assert recipe.method == "dfnd"
+    assert recipe.method == "eikd"
     assert recipe.selection == SelectionConfig(keep_fraction=0.3, score="energy")
     assert recipe.loss.temperature == 2.0
     assert recipe.loss.relation.enabled is False

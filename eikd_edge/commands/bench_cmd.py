@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from eikd_edge.bench import BACKENDS, BenchOptions, bench_run
-from eikd_edge.commands.options import RunFolder
+from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console
 from eikd_edge.errors import EikdError
 from eikd_edge.run import RunPaths
@@ -39,6 +40,7 @@ def bench(
     images: Annotated[
         Path | None, typer.Option("--images", help="Field images to time on (default: the run's holdout slice).")
     ] = None,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Time every artifact on real field images (host to host: uint8 in, logits out); writes RUN/bench.json."""
     from eikd_edge.report.render_terminal import print_bench
@@ -53,11 +55,12 @@ def bench(
         device=device,
         teacher=teacher,
         images=images,
+        trust_pickle=trust_pickle,
     )
     with writing_run(run, "bench"):
         result = bench_run(RunPaths(run), options)
     print_bench(result, console)
-    console.print(f"written: {run / 'bench.json'}", highlight=False)
+    console.print(escape(f"written: {run / 'bench.json'}"), highlight=False)
 
 
 def _ints(value: str, option: str) -> tuple[int, ...]:

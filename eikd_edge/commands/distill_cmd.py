@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from eikd_edge.commands.options import (
     Classes,
@@ -100,6 +101,14 @@ def distill_command(
         int | None,
         typer.Option("--synthesize", min=0, help="Synthesise N images from the teacher and add them to the pool."),
     ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", min=1, help="Passes over the training images (default: from the pool size)."),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option("--budget", help="Wall-clock training budget, e.g. 90s, 10m, 2h (sets the step count)."),
+    ] = None,
     recipe: RecipeFile = None,
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
@@ -121,6 +130,8 @@ def distill_command(
         ("loss.relation.kind", relation),
         ("train.curriculum.mode", curriculum),
         ("synthesis.count", synthesize_count),
+        ("train.epochs", epochs),
+        ("train.budget", budget),
     ):
         if value is not None:
             extra.append(f"{key}={value}")
@@ -147,7 +158,7 @@ def quickstart(
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")
     result = distill(inputs, settings, out, overwrite=True)
     print_distill_summary(result)
-    console.print(f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}")
+    console.print(escape(f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}"))
 
 
 def bundled_example() -> Path:

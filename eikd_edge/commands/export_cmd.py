@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
-from eikd_edge.commands.options import RunFolder
+from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console, err_console
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
@@ -52,6 +53,7 @@ def export(
         Path | None,
         typer.Option("--images", help="Field images for calibration and parity (default: the run's selection)."),
     ] = None,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Export the run's student; without format flags, the target's default formats."""
     if (fp16 or fp32) and not trt:
@@ -64,7 +66,9 @@ def export(
         raise EikdError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (17 suits TensorRT 8.5+), got {opset}")
     if calib_images < 1:
         raise EikdError("--calib-images must be at least 1")
-    request = _request(onnx, int8, trt, fp16, fp32, target, opset, exporter, gate, calib_images, threads, images)
+    request = _request(
+        onnx, int8, trt, fp16, fp32, target, opset, exporter, gate, calib_images, threads, images, trust_pickle
+    )
     with writing_run(run, "export"):
         result = export_run(run, request)
     _print(result)
@@ -89,6 +93,7 @@ def _request(
     calib_images: int,
     threads: int,
     images: Path | None,
+    trust_pickle: bool,
 ) -> ExportRequest:
     target = load_target(target_name)
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
@@ -100,12 +105,13 @@ def _request(
         else:
             int8 = "int8" in target.precisions
     common = {"target": target_name, "opset": opset, "exporter": exporter, "gate": gate, "images": images}
+    common["trust_pickle"] = trust_pickle
     return ExportRequest(onnx, int8, trt_precisions, calib_images=calib_images, threads=threads, **common)
 
 
 def _print(result: ExportResult) -> None:
     table = Table(
-        title=f"Export for {result.target.name}",
+        title=escape(f"Export for {result.target.name}"),
         caption="agree S / T: top-1 agreement with the FP32 PyTorch student / the teacher on field images",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -115,27 +121,30 @@ def _print(result: ExportResult) -> None:
     for outcome in result.outcomes:
         entry, parity = outcome.entry, outcome.entry.get("parity") or {}
         table.add_row(
-            outcome.name,
-            str(entry.get("precision", "-")),
+            escape(outcome.name),
+            escape(str(entry.get("precision", "-"))),
             human(entry["size_bytes"]) + "B" if "size_bytes" in entry else "-",
             f"{entry['build_s']:.1f}" if "build_s" in entry else "-",
             _pct(parity.get("agree_student")),
             _pct(parity.get("agree_teacher")),
-            STATUS_STYLE.get(outcome.status, outcome.status),
+            STATUS_STYLE.get(outcome.status, escape(outcome.status)),
         )
     console.print(table)
     for outcome in result.outcomes:
         if outcome.reason:
-            console.print(f"  {outcome.name}: {outcome.reason}", highlight=False)
+            console.print(escape(f"  {outcome.name}: {outcome.reason}"), highlight=False)
     quant = next((o.entry.get("quantization") for o in result.outcomes if o.entry.get("quantization")), None)
     if quant:
-        console.print(f"INT8 setting chosen on this machine: [bold]{quant['chosen']['label']}[/] ({_int8_line(quant)})")
+        console.print(
+            f"INT8 setting chosen on this machine: [bold]{escape(quant['chosen']['label'])}[/] ({_int8_line(quant)})"
+        )
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.script is not None:
         err_console.print(
-            f"[yellow]TensorRT engines are built on the target:[/] copy {result.script.parent} to the device and run "
-            f"./{result.script.name} (engines are tied to the GPU + TensorRT version that built them).",
+            f"[yellow]TensorRT engines are built on the target:[/] copy {escape(str(result.script.parent))} to the "
+            f"device and run ./{escape(result.script.name)} (engines are tied to the GPU + TensorRT version that "
+            "built them).",
             highlight=False,
         )
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
@@ -29,7 +30,7 @@ def inspect(
     spec = model.spec
     params = model.num_parameters()
     macs = model.macs()
-    table = Table(title=f"Teacher {teacher.name}", show_header=False)
+    table = Table(title=f"Teacher {escape(teacher.name)}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     names = ", ".join(spec.classes[:12]) + (" …" if len(spec.classes) > 12 else "")
@@ -46,7 +47,7 @@ def inspect(
         ("sha256", model.sha256[:16]),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, escape(value))  # class names come from the sidecar: printed as written
     console.print(table)
 
 

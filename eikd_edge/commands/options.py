@@ -19,7 +19,8 @@ TrustPickle = Annotated[
     bool,
     typer.Option(
         "--trust-pickle",
-        help="Allow a fully pickled nn.Module. Unpickling runs code from the file: only for teachers you trust.",
+        help="Allow a teacher whose loading runs code from its file (a pickled nn.Module, a .pt2 with pickled "
+        "entries): only for teachers you trust. Never read from a run folder.",
     ),
 ]
 InputSize = Annotated[str | None, typer.Option("--input-size", help="Teacher input size, H or HxW (else sidecar).")]

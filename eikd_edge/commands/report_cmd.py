@@ -6,8 +6,9 @@ import webbrowser
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from eikd_edge.commands.options import RunFolder
+from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console, err_console
 from eikd_edge.run import RunPaths
 from eikd_edge.runfolder import writing_run
@@ -20,6 +21,7 @@ def report(
         bool,
         typer.Option("--confusion/--no-confusion", help="Run the student and the teacher for confusion matrices."),
     ] = True,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Gather the run into one report; the terminal shows the headline numbers."""
     from eikd_edge.report import build_report, write_report
@@ -27,12 +29,14 @@ def report(
 
     paths = RunPaths(run)
     with writing_run(run, "report"):
-        result = build_report(paths, confusion=confusion)
+        result = build_report(paths, confusion=confusion, trust_pickle=trust_pickle)
         written = write_report(result, paths)
     print_report(result, console)
-    console.print(f"written: {', '.join(str(p) for p in written)}", highlight=False)
+    console.print(escape(f"written: {', '.join(str(p) for p in written)}"), highlight=False)
     if open_ and not webbrowser.open(written[-1].resolve().as_uri()):
-        err_console.print(f"[yellow]note:[/] no browser found; open {written[-1]} yourself", highlight=False)
+        err_console.print(
+            f"[yellow]note:[/] no browser found; open {escape(str(written[-1]))} yourself", highlight=False
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
@@ -18,6 +19,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _names(names: list[str]) -> str:
+    """Class names as written in the sidecar: `[/]` or `[link=...]` in a name is text, not Rich markup."""
+    return escape(", ".join(str(name) for name in names))
+
+
 def print_selection_summary(selection: Selection, run: RunPaths) -> None:
     data = selection.to_json()
     pool = data["pool"]
@@ -26,26 +32,29 @@ def print_selection_summary(selection: Selection, run: RunPaths) -> None:
         if selection.closeness_from
         else f"score: {selection.config.score}"
     )
-    table = Table(title=f"Selection ({selection.method}, {how})")
+    table = Table(title=escape(f"Selection ({selection.method}, {how})"))
     for column in ("class", "candidates", "quota", "selected", "deficit"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in selection.per_class:
         deficit = f"[yellow]{row['deficit']}[/]" if row["deficit"] else "0"
-        table.add_row(row["name"], str(row["candidates"]), str(row["quota"] or "-"), str(row["selected"]), deficit)
+        table.add_row(
+            escape(str(row["name"])), str(row["candidates"]), str(row["quota"] or "-"), str(row["selected"]), deficit
+        )
     console.print(table)
     skipped = pool["skipped"]["count"]
+    reasons = ", ".join(f"{escape(str(k))}: {v}" for k, v in pool["skipped"]["by_reason"].items())
     console.print(
         f"pool: {pool['files']} files, {pool['decoded']} decoded, {skipped} skipped"
-        f"{' (' + ', '.join(f'{k}: {v}' for k, v in pool['skipped']['by_reason'].items()) + ')' if skipped else ''}; "
+        f"{f' ({reasons})' if skipped else ''}; "
         f"selected {data['selected_count']} ({data['train_count']} train, {data['holdout_count']} held out "
         f"for label-free validation)"
     )
     if data["classes_below_quota"]:
         console.print(
-            f"[yellow]classes below quota:[/] {', '.join(data['classes_below_quota'])} — the field data barely "
+            f"[yellow]classes below quota:[/] {_names(data['classes_below_quota'])} — the field data barely "
             "covers them; the student will be weakest there"
         )
-    console.print(f"wrote {run.selection}")
+    console.print(f"wrote {escape(str(run.selection))}")
 
 
 def print_novel_summary(novel: dict[str, Any], root: Path) -> None:
@@ -61,23 +70,25 @@ def print_novel_summary(novel: dict[str, Any], root: Path) -> None:
     for column in ("cluster", "size", "nearest class", "cosine", "mean conf.", "examples"):
         table.add_column(column, justify="left" if column in ("nearest class", "examples") else "right")
     for cluster in novel["clusters"]:
-        examples = ", ".join(cluster["examples"][:3])
+        examples = escape(", ".join(cluster["examples"][:3]))
         table.add_row(
             str(cluster["id"]),
             str(cluster["size"]),
-            cluster["nearest_class"],
+            escape(str(cluster["nearest_class"])),
             f"{cluster['nearest_cosine']:.3f}",
             f"{cluster['mean_confidence']:.2f}",
             examples,
         )
     console.print(table)
-    console.print(f"examples are relative to {root}; `eikd-edge report RUN` shows thumbnails of each cluster")
+    console.print(
+        f"examples are relative to {escape(str(root))}; `eikd-edge report RUN` shows thumbnails of each cluster"
+    )
 
 
 def print_distill_summary(result: DistillResult) -> None:
     m = result.metrics
     teacher, student, train = m["teacher"], m["student"], m["train"]
-    table = Table(title=f"eikd-edge distill ({m['method']}) → {result.run.root}")
+    table = Table(title=escape(f"eikd-edge distill ({m['method']}) → {result.run.root}"))
     table.add_column("")
     table.add_column("teacher", justify="right")
     table.add_column("student", justify="right")
@@ -100,6 +111,8 @@ def print_distill_summary(result: DistillResult) -> None:
         f"selected {sel['selected']} of {sel['decoded']} {source} images; best epoch {student['best_epoch']} of "
         f"{train['epochs']}; {train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
     )
+    if "budget" in train:
+        console.print(f"{train['steps']} steps of batch {train['batch_size']} ({train['budget']})", highlight=False)
     if sel["classes_below_quota"]:
-        console.print(f"[yellow]classes below quota:[/] {', '.join(sel['classes_below_quota'])}")
-    console.print(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}")
+        console.print(f"[yellow]classes below quota:[/] {_names(sel['classes_below_quota'])}")
+    console.print(escape(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}"))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from eikd_edge.commands.options import (
     Classes,
@@ -66,14 +67,16 @@ def synthesize_command(
         with progress_bar(disable=not show_progress()) as bar:
             result = synthesize(model, count, recipe.synthesis, out, target, bar)
     if result.reused:
-        console.print(f"{out} already holds these {result.count} images (same teacher and settings): kept")
+        console.print(escape(f"{out} already holds these {result.count} images (same teacher and settings): kept"))
         return
     prior = "on" if result.bn_prior else "off (no BatchNorm layers visible: name the architecture with --teacher-arch)"
     console.print(
-        f"wrote {result.count} images to {out} in {result.seconds:.1f} s on {target}; the teacher puts "
+        f"wrote {result.count} images to {escape(str(out))} in {result.seconds:.1f} s on {target}; the teacher puts "
         f"{100 * result.fit:.1f}% of them in their target class; BatchNorm prior {prior}"
     )
-    console.print(f"next: eikd-edge distill --teacher {teacher} --unlabeled {out} ...   (or distill --synthesize N)")
+    console.print(
+        escape(f"next: eikd-edge distill --teacher {teacher} --unlabeled {out} ...   (or distill --synthesize N)")
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
-from eikd_edge.commands.options import RunFolder
+from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console, err_console
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.run import RunPaths
@@ -32,12 +33,13 @@ def validate(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many field images.")] = MAX_IMAGES,
     threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Parity of every artifact; exit code 2 when one fails the gate."""
     if not 0.0 < gate <= 1.0:
         raise EikdError(f"--gate must be in (0, 1], got {gate}")
     with writing_run(run, "validate"):
-        result = validate_run(RunPaths(run), images, gate, val, threads, limit)
+        result = validate_run(RunPaths(run), images, gate, val, threads, limit, trust_pickle)
     _print(result)
     if result.failed:
         names = ", ".join(f"{c.name} ({c.reason})" for c in result.failed)
@@ -74,15 +76,15 @@ def _print(result: ValidationResult) -> None:
                 _sci(p.max_abs_dprob),
                 _sci(p.max_abs_dlogit),
             )
-        status = STATUS_STYLE.get(check.status, f"[dim]{check.status}[/]")
-        table.add_row(check.name, *cells, *val_cell(p.top1 if p else None), status)
+        status = STATUS_STYLE.get(check.status, f"[dim]{escape(check.status)}[/]")
+        table.add_row(escape(check.name), *cells, *val_cell(p.top1 if p else None), status)
     console.print(table)
     for check in result.checks:
         if check.reason:
-            console.print(f"  {check.name}: {check.reason}", highlight=False)
+            console.print(escape(f"  {check.name}: {check.reason}"), highlight=False)
     for note in result.reference.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"written: {result.path} and export.json parity", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    console.print(escape(f"written: {result.path} and export.json parity"), highlight=False)
 
 
 def _pct(value: float | None) -> str:

@@ -43,6 +43,7 @@ class ExportRequest:
     threads: int = 0
     latency_budget_s: float = 1.0
     images: Path | None = None  # a folder of field images, when the run's pool folder is not at hand
+    trust_pickle: bool = False  # from the command line only: may the teacher's file be unpickled
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
         images = folder_images(request.images, ckpt.spec, MAX_IMAGES)
     else:
         images = run_field_images(run, ckpt.spec, "parity", MAX_IMAGES)
-    ctx = _Context(run, ckpt, target, request, reference_outputs(run, ckpt, images))
+    ctx = _Context(run, ckpt, target, request, reference_outputs(run, ckpt, images, trust_pickle=request.trust_pickle))
     outcomes: list[Outcome] = []
     onnx_path = get_format("onnx").path(run.root)
     if request.onnx or not onnx_path.is_file() or _stale(onnx_path, ckpt):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import pickle
 import warnings
 import zipfile
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from eikd_edge.errors import EikdError
+from eikd_edge.models.pt2_guard import check_pt2
 from eikd_edge.models.spec import InputSpec, read_sidecar, sidecar_path
 from eikd_edge.models.taps import find_classifier, widen_classifier
 from eikd_edge.models.zoo import build_model
@@ -154,7 +157,11 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
                 lambda: torch.jit.load(str(path), map_location="cpu"), path, "TorchScript"
             ).eval(), "torchscript"
         if kind == "torch.export":
-            program = _guard(lambda: torch.export.load(str(path)), path, "torch.export")
+            data = path.read_bytes()  # checked and loaded from the same bytes: the file cannot change in between
+            if not trust_pickle:
+                check_pt2(data, path.name)
+            program = _guard(lambda: _quiet(torch.export.load, io.BytesIO(data)), path, "torch.export")
+            _require_dynamic_batch(program, path)
             return program.module(), "torch.export"
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -178,6 +185,19 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
     if isinstance(obj, nn.Module):
         return obj.eval(), "pickle"
     return _module_from_state(obj, path, arch, num_classes)
+
+
+def _require_dynamic_batch(program: Any, path: Path) -> None:
+    """A program exported with a fixed batch size refuses every other one: say so, not "wrong input size"."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        value = node.meta.get("val") if node.op == "placeholder" and node.name in user_inputs else None
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and isinstance(value.shape[0], int):
+            raise EikdError(
+                f"{path.name} was exported with a static batch axis (batch size {value.shape[0]}); eikd-edge runs "
+                "the teacher on batches of any size: re-export it with a dynamic batch dimension, "
+                "dynamic_shapes=({0: torch.export.Dim('batch')},)"
+            )
 
 
 _FOREIGN = {
@@ -253,7 +273,19 @@ def _guard(load: Any, path: Path, what: str) -> Any:
     try:
         return load()
     except Exception as exc:
-        raise EikdError(f"{path.name} looks like {what} but failed to load: {type(exc).__name__}: {exc}") from None
+        raise EikdError(
+            f"{path.name} looks like {what} but failed to load: {type(exc).__name__}: {_error_line(exc)[:200]}"
+        ) from None
+
+
+def _quiet(load: Any, *args: Any) -> Any:
+    """torch.export.load logs its failures with full tracebacks to stderr; the error line says it instead."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return load(*args)
+    finally:
+        logging.disable(previous)
 
 
 @torch.inference_mode()

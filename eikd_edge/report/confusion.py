@@ -66,12 +66,12 @@ def confusion(
     )
 
 
-def build_confusion(run: RunPaths, ckpt: StudentCheckpoint) -> ConfusionSection:
+def build_confusion(run: RunPaths, ckpt: StudentCheckpoint, trust_pickle: bool = False) -> ConfusionSection:
     """Student vs teacher on the holdout slice; student vs labels on the recipe's inputs.val when it still exists."""
     notes: list[str] = []
     images = run_field_images(run, ckpt.spec, "parity", MAX_IMAGES)
     val_dir = _val_dir(run, notes)
-    ref = reference_outputs(run, ckpt, images, val_dir)
+    ref = reference_outputs(run, ckpt, images, val_dir, trust_pickle)
     notes += ref.notes
     classes = list(ckpt.spec.classes)
     matrices = []

@@ -22,7 +22,7 @@ from eikd_edge.export.formats import FORMATS
 from eikd_edge.export.record import read_record
 from eikd_edge.models.zoo import count_macs, count_parameters
 from eikd_edge.report.confusion import ConfusionSection, build_confusion
-from eikd_edge.run import RunPaths, read_json, read_resolved
+from eikd_edge.run import RunPaths, TeacherChanged, read_json, read_resolved
 from eikd_edge.run_results import VALIDATE_FILE, model_quality
 
 SCHEMA = "eikd-edge/report"
@@ -150,7 +150,7 @@ class Report(_Strict):
     notes: list[str]
 
 
-def build_report(run: RunPaths, confusion: bool = True) -> Report:
+def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = False) -> Report:
     """Gather a run folder into a Report; missing stages become notes and empty sections, never errors."""
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
@@ -175,8 +175,10 @@ def build_report(run: RunPaths, confusion: bool = True) -> Report:
     section = None
     if confusion:
         try:
-            section = build_confusion(run, ckpt)
+            section = build_confusion(run, ckpt, trust_pickle)
             notes += section.notes
+        except TeacherChanged:
+            raise
         except EikdError as exc:
             notes.append(f"confusion matrices skipped: {exc}")
     novel = _novel(selection_json, notes) if selection_json else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -21,7 +22,8 @@ def rich_table(table: TextTable, console: Console | None = None) -> Table:
     for drop in (None, *table.optional):
         if drop is not None:
             keep.remove(drop)
-        out = Table(title=table.title, caption=table.caption or None, box=box.SIMPLE_HEAD, pad_edge=False)
+        title, caption = escape(table.title), escape(table.caption) if table.caption else None
+        out = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
         for column in keep:
             out.add_column(column, justify="left" if column in table.left else "right", overflow="fold")
         index = [table.columns.index(c) for c in keep]
@@ -36,7 +38,7 @@ def rich_table(table: TextTable, console: Console | None = None) -> Table:
 
 
 def _style(cell: str) -> str:
-    cell = cell.replace("[", r"\[")
+    cell = escape(cell)  # class and file names are text: `[/]` or `[link=...]` in one is printed as written
     if cell.startswith(("FAIL", "failed")):
         return f"[red]{cell}[/]"
     if cell.startswith("skipped"):
@@ -61,11 +63,12 @@ def print_report(report: Report, console: Console) -> None:
         if table.rows:
             print_table(table, console)
     if report.novel is not None:
-        console.print(f"[cyan]novel:[/] {tables.novel_summary(report)}", highlight=False)
+        console.print(f"[cyan]novel:[/] {escape(tables.novel_summary(report))}", highlight=False)
     if report.selection and report.selection.below_quota:
-        console.print(f"[yellow]classes below quota:[/] {', '.join(report.selection.below_quota)}", highlight=False)
+        names = escape(", ".join(report.selection.below_quota))
+        console.print(f"[yellow]classes below quota:[/] {names}", highlight=False)
     if report.headline.validation_passed is not None:
         verdict = "[green]passed[/]" if report.headline.validation_passed else "[red]failed[/]"
         console.print(f"validation: {verdict}")
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

@@ -1,0 +1,135 @@
+"""The training defaults and recipe rules of the distillation engine: class-dropping on the τ-softened teacher,
+the step budget that follows the pool, the wall-clock budget, function-matching mixes, DFND's noise matrix kept out
+of weight decay, and options a method would silently ignore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eikd_edge.cli import app
+from eikd_edge.config import Recipe, load_recipe, parse_duration
+from eikd_edge.errors import EikdError
+from eikd_edge.losses import NoiseAdaptation, kept_class_mask
+from eikd_edge.models.zoo import build_model
+from eikd_edge.training import (
+    MIN_DEFAULT_STEPS,
+    DistillNet,
+    build_optimizer,
+    default_epochs,
+    mix_images,
+    steps_within_budget,
+)
+
+runner = CliRunner()
+
+
+def test_defaults_run_the_teacher_on_the_students_view_and_keep_two_classes() -> None:
+    recipe = Recipe()
+    assert recipe.train.teacher_targets == "online"
+    assert recipe.loss.class_drop.min_classes == 2 and recipe.train.epochs is None
+
+
+def test_class_mask_is_taken_on_the_tau_softened_distribution() -> None:
+    """Logits [6, 2, 0, -4]: at τ = 1 the top class holds 98% (one class reaches 0.9); at τ = 4 the softened
+    distribution is [0.47, 0.17, 0.10, 0.04...] and reaching 0.9 takes the first three classes."""
+    logits = torch.tensor([[6.0, 2.0, 0.0, -4.0]])
+    assert kept_class_mask(logits, mass=0.9).tolist() == [[True, False, False, False]]
+    probs = (logits / 4).softmax(1)[0]
+    assert float(probs[:2].sum()) < 0.9 < float(probs[:3].sum())
+    assert kept_class_mask(logits, mass=0.9, temperature=4.0).tolist() == [[True, True, True, False]]
+
+
+def test_class_mask_never_keeps_fewer_than_min_classes() -> None:
+    logits = torch.tensor([[30.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 25.0]])
+    assert kept_class_mask(logits, mass=0.5, temperature=4.0, min_classes=1).sum(1).tolist() == [1, 1]
+    mask = kept_class_mask(logits, mass=0.5, temperature=4.0, min_classes=2)
+    assert mask.tolist() == [[True, True, False, False], [True, False, False, True]]
+
+
+def test_default_budget_grows_small_pools_to_a_minimum_step_count() -> None:
+    assert default_epochs(1080, 128) * (1080 // 128) >= MIN_DEFAULT_STEPS
+    assert default_epochs(1_000_000, 128) == 30  # a large pool: thirty passes, not a fixed step count
+
+
+def test_wall_clock_budget_turns_into_steps_at_the_measured_pace() -> None:
+    assert (
+        parse_duration(45) == 45
+        and parse_duration("90s") == 90
+        and parse_duration("10m") == 600
+        and parse_duration("1.5h") == 5400
+    )
+    assert steps_within_budget(60.0, elapsed_s=6.0, steps_done=30) == 300
+    assert steps_within_budget(1.0, elapsed_s=6.0, steps_done=30) == 30  # never fewer than already done
+    for bad in ("10x", "-5m", "inf", "0s"):
+        with pytest.raises(EikdError, match="budget"):
+            load_recipe(None, [f"train.budget={bad}"])
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_mixes_combine_two_images_of_the_batch(mode: str) -> None:
+    x = torch.stack([torch.full((3, 16, 16), 10.0 * (i + 1)) for i in range(4)])
+    mixed = mix_images(x, mode, 1.0, torch.Generator().manual_seed(1))
+    assert mixed.shape == x.shape and not torch.equal(mixed, x)
+    for i in range(4):  # every pixel comes from the image itself or its one partner (cutmix) / a blend (mixup)
+        values = set(mixed[i].unique().tolist())
+        assert len(values) <= 2 if mode == "cutmix" else len(values) == 1
+        assert min(values) >= 10.0 - 1e-4 and max(values) <= 40.0 + 1e-4
+
+
+def test_mixing_needs_online_teacher_targets() -> None:
+    with pytest.raises(EikdError, match="teacher_targets=online"):
+        load_recipe(None, ["train.mix=mixup", "train.teacher_targets=cached"])
+
+
+def test_dfnd_noise_transition_gets_no_weight_decay() -> None:
+    net = DistillNet(build_model("cifar_resnet8", 10, width=0.5), 10, 32, False, True)
+    optimizer = build_optimizer(net, load_recipe(None, ["method=dfnd"]).train)
+    noise = {id(p) for p in net.noise.parameters()}
+    decays = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert all(decays[i] == 0.0 for i in noise)
+    assert all(d == 5e-4 for i, d in decays.items() if i not in noise)
+    assert len(decays) == sum(1 for p in net.parameters() if p.requires_grad)
+
+
+def test_noise_transition_stays_put_under_the_optimizer_without_gradient() -> None:
+    """With no gradient on Q, weight decay alone would shrink its logits toward uniform; it must not move."""
+    net = DistillNet(build_model("cifar_resnet8", 10, width=0.5), 10, 32, False, True)
+    assert isinstance(net.noise, NoiseAdaptation)
+    optimizer = build_optimizer(net, load_recipe(None, ["method=dfnd", "train.weight_decay=0.1"]).train)
+    before = net.noise.logits.detach().clone()
+    net.noise.logits.grad = torch.zeros_like(before)
+    optimizer.step()
+    assert torch.equal(net.noise.logits.detach(), before)
+
+
+@pytest.mark.parametrize(
+    ("method", "setting", "name"),
+    [
+        ("kd", "selection.sampler=odsd", "selection.sampler"),
+        ("kd", "selection.keep_fraction=0.3", "selection.keep_fraction"),
+        ("kd", "loss.feature.enabled=false", "loss.feature"),
+        ("dfnd", "loss.class_drop.mass=0.5", "loss.class_drop"),
+        ("dfnd", "selection.score=energy", "selection.score"),
+        ("random", "selection.sampler=odsd", "selection.sampler"),
+    ],
+)
+def test_options_the_method_ignores_are_refused_in_one_line(
+    tmp_path: Path, script_teacher: Path, digit_images: Path, method: str, setting: str, name: str
+) -> None:
+    args = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(tmp_path / "r"),
+            "--method", method, "--set", setting]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert f"method {method} ignores {name}" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_odsd_flag_with_kd_is_refused(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
+    args = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(tmp_path / "r"),
+            "--method", "kd", "--select", "odsd"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "ignores selection.sampler" in result.output
