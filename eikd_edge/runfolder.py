@@ -257,6 +257,8 @@ def sweep_leftovers(run: RunPaths) -> None:
 @contextmanager
 def writing_run(root: Path, command: str, create: bool = False) -> Iterator[RunPaths]:
     """Hold the run folder's lock, finish what a killed command left half done, then run the body."""
+    from rich.markup import escape
+
     from eikd_edge.console import err_console
 
     with run_lock(root, command, create=create):
@@ -264,8 +266,8 @@ def writing_run(root: Path, command: str, create: bool = False) -> Iterator[RunP
         shutil.rmtree(run.root / _DISCARD, ignore_errors=True)
         if restore_journal(run):
             err_console.print(
-                f"[yellow]note:[/] a command that was replacing the run in {run.root} was stopped before the new "
-                "run's first checkpoint: the previous run was put back",
+                f"[yellow]note:[/] {escape(str(run.root))}: a command that was replacing this run was stopped "
+                "before the new run's first checkpoint; the previous run was put back",
                 highlight=False,
             )
         sweep_leftovers(run)
