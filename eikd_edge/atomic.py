@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +16,45 @@ import yaml
 
 from eikd_edge.errors import EikdError
 
+TEMP_SUFFIX = ".tmp"
+# mkstemp's name: "." + the target's name + "." + 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def temp_target(name: str) -> str | None:
+    """The file a leftover temp of `write_atomic` was meant to become, or None for any other name."""
+    match = _TEMP_NAME.match(name)
+    return match.group("target") if match else None
+
+
+def sweep_temps(folder: Path, owns: Callable[[str], bool]) -> list[Path]:
+    """Remove the temps a killed `write_atomic` left in `folder`, only those whose target `owns` accepts.
+
+    Call it only while no other writer can be at work in `folder` (under the run lock): a live writer's temp
+    looks exactly like a leftover.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        target = temp_target(entry.name)
+        if target is None or not owns(target) or not entry.is_file() or entry.is_symlink():
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -114,7 +114,7 @@ class TrainConfig(_Strict):
     budget: str | float | None = Field(
         None, description="wall-clock budget for training, e.g. 90s, 10m, 2h, or seconds (overrides both)"
     )
-    batch_size: int = Field(128, gt=1)
+    batch_size: int = Field(64, gt=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 import numpy as np
@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
 
+RUN_MARKER = "recipe.resolved.yaml"  # in a folder: maybe an eikd-edge run folder, never field images
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 64_000_000  # larger declared sizes are treated as decompression bombs
 TOO_LARGE = "too large (decompression bomb?)"
@@ -75,35 +76,38 @@ class DecodeReport:
         }
 
 
-def scan_images(root: Path) -> list[Path]:
-    """Every image file under `root` (recursive, suffix case-insensitive), in a deterministic order."""
+def scan_images(root: Path, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Every image under `root` (recursive, suffix case-insensitive), in a deterministic order.
+
+    Sub-folders that are eikd-edge run folders, and the folders in `exclude` (the run being written), are not
+    walked: a run kept inside its field folder must not feed its own outputs (synthetic images) back in.
+    """
     root = Path(root)
     if not root.exists():
         raise EikdError(f"image folder not found: {root}")
     if not root.is_dir():
         raise EikdError(f"not a folder: {root}")
+    skip = {_dir_key(Path(folder)) for folder in exclude} - {None}
     found: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
     pending = [str(root)]  # an explicit stack, not recursion: a tree may be deeper than Python's recursion limit
     while pending:
         folder = pending.pop()
-        try:
-            info = os.stat(folder)
-        except OSError:
-            continue
-        key = (info.st_dev, info.st_ino)
-        if key in seen_dirs:  # a symlink loop or a second link to a folder already walked
+        key = _dir_key(Path(folder))
+        if key is None or key in seen_dirs:  # unreadable, a symlink loop, or a second link to a folder walked
             continue
         seen_dirs.add(key)
         try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if _is_folder(entry):
-                        pending.append(entry.path)
-                    elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                        found.append(Path(entry.path))
+            with os.scandir(folder) as listing:
+                entries = list(listing)
         except OSError:  # unreadable folder: what it holds cannot be used, like an unreadable file
             continue
+        folders = [entry.path for entry in entries if _is_folder(entry)]
+        filenames = [entry.name for entry in entries if not _is_folder(entry)]
+        if folder != str(root) and (key in skip or _is_run_folder(Path(folder), filenames)):
+            continue
+        pending.extend(folders)
+        found.extend(Path(folder) / name for name in filenames if Path(name).suffix.lower() in IMAGE_SUFFIXES)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -141,6 +145,45 @@ class PixelBudget:
 
 
 DECODE_BUDGET = PixelBudget(MAX_DECODING_PIXELS)
+
+
+def _dir_key(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _is_run_folder(folder: Path, filenames: list[str]) -> bool:
+    if RUN_MARKER not in filenames:
+        return False
+    from eikd_edge.runfolder import is_run_folder
+
+    return is_run_folder(folder)
+
+
+def confined(root: Path, rel: str) -> Path:
+    """`root / rel` for a manifest path that stays inside `root`; anything else is a hostile or damaged manifest.
+
+    Checked on the words of the path: it must be relative and must not climb out with `..`. Links inside the
+    pool are the pool owner's own (the scan follows them as well).
+    """
+    text = str(rel)
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if (
+        not text
+        or "\x00" in text
+        or PurePosixPath(text).is_absolute()
+        or PureWindowsPath(text).is_absolute()
+        or PureWindowsPath(text).drive
+        or ".." in parts
+    ):
+        raise EikdError(
+            f"a manifest path points outside its image folder {display_name(str(root))}: "
+            f"{display_name(text)[:200]!r}; the run folder was edited by hand or is not trustworthy"
+        )
+    return Path(root) / text
 
 
 def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:

@@ -6,7 +6,6 @@ Checkpoints are atomic and written every epoch, so a killed run resumes (`resume
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,30 @@ import torch
 from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic, write_yaml_atomic
 from eikd_edge.config import Recipe
-from eikd_edge.data import DecodeReport, iter_decoded, load_labeled_folder
+from eikd_edge.data import (
+    BadImage,
+    DecodeReport,
+    confined,
+    decode_image,
+    iter_decoded,
+    load_labeled_folder,
+    scan_images,
+)
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
 from eikd_edge.novel import NovelConfig, find_novel
 from eikd_edge.run import RunPaths
-from eikd_edge.scoring import PoolScores, merge_pools, progress_bar, score_pool
+from eikd_edge.runfolder import (
+    Replacement,
+    existing_run_message,
+    folder_state,
+    read_marker,
+    refuse_foreign,
+    writing_run,
+)
+from eikd_edge.scoring import PoolScores, folder_fingerprint, merge_pools, progress_bar, score_pool
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
 from eikd_edge.trainer import Trainer
@@ -94,7 +109,9 @@ def run_selection(
     pools: list[PoolScores] = []
     extras: dict[str, Any] = {}
     if inputs.unlabeled is not None:
-        pools.append(score_pool(teacher, inputs.unlabeled, device, batch, run.teacher_outputs, ctx, want_bn))
+        pools.append(
+            score_pool(teacher, inputs.unlabeled, device, batch, run.teacher_outputs, ctx, want_bn, (run.root,))
+        )
     if recipe.synthesis.count > 0:
         extras["synthesis"] = _synthesize_for_run(teacher, recipe, run, device, ctx)
         pools.append(score_pool(teacher, run.synthetic, device, batch, run.synthetic_outputs, ctx, want_bn))
@@ -129,25 +146,138 @@ def _synthesize_for_run(
     return summary
 
 
-def prepare_run_folder(run: RunPaths, resume: bool, overwrite: bool) -> None:
-    """Refuse to destroy an earlier run unless told to; --overwrite removes only eikd-edge's own outputs."""
-    has_run = run.student.exists() or run.train_state.exists() or run.metrics.exists()
+PREFLIGHT_DECODES = 32  # pool files tried before the run folder is touched; the full scan judges the rest
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """The inputs of a run, checked before its folder is touched: the loaded teacher, and what identifies the
+    teacher and the pool in recipe.resolved.yaml (so --resume can tell it is given the same ones)."""
+
+    teacher: TeacherModel
+    record: dict[str, Any]
+
+
+def check_inputs(inputs: DistillInputs, recipe: Recipe, run: RunPaths) -> CheckedInputs:
+    """Teacher loads, pool exists and decodes, --val exists: a mistyped input fails before anything is moved."""
+    if inputs.unlabeled is None and recipe.synthesis.count == 0:
+        raise EikdError("no training images: give --unlabeled DIR, or --synthesize N for data-free distillation")
+    if inputs.val is not None and not Path(inputs.val).is_dir():
+        raise EikdError(f"labeled folder not found: {inputs.val}")
+    teacher = load_inputs_teacher(inputs)
+    pool = None
+    if inputs.unlabeled is not None:
+        pool = _check_pool(Path(inputs.unlabeled), teacher.spec, run)
+    return CheckedInputs(teacher, {"teacher_sha256": teacher.sha256, "unlabeled_fingerprint": pool})
+
+
+def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> str:
+    """The pool's fingerprint, once it is known to hold images and (among its first files) a decodable one."""
+    root = Path(os.path.abspath(root))
+    paths = scan_images(root, (run.root,))
+    if not paths:
+        raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
+    reasons: dict[str, int] = {}
+    for path in paths[:PREFLIGHT_DECODES]:
+        try:
+            decode_image(path, spec.input_size)
+            break
+        except BadImage as bad:
+            reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
+    else:
+        if len(paths) <= PREFLIGHT_DECODES:
+            reason, count = max(reasons.items(), key=lambda item: item[1])
+            raise EikdError(
+                f"none of the {len(paths)} image files in {root} could be read (most common: {reason}, {count} files)"
+            )
+    return folder_fingerprint(root, paths)
+
+
+def prepare_run_folder(
+    run: RunPaths, inputs: DistillInputs, recipe: Recipe, resume: bool, overwrite: bool
+) -> tuple[CheckedInputs, Replacement]:
+    """Refuse to destroy an earlier run unless told to, and touch nothing until every input has been checked.
+
+    A folder is resumable when it holds train_state.pt (the last checkpoint); both refusals agree on that.
+    --overwrite moves only eikd-edge's own files aside; they come back if the new run fails before its first
+    checkpoint (see eikd_edge.runfolder).
+    """
+    if resume and overwrite:
+        raise EikdError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
+    state = folder_state(run)
     if resume:
+        if state != "run":
+            raise EikdError(f"nothing to resume in {run.root}: it is not an eikd-edge run folder; drop --resume")
         if not run.train_state.is_file():
-            raise EikdError(f"nothing to resume in {run.root} (no {run.train_state.name}); drop --resume")
-        return
-    if has_run and not overwrite:
-        raise EikdError(f"{run.root} already holds a run; use --resume to continue it or --overwrite to replace it")
-    if has_run:
-        for path in (run.student, run.train_state, run.metrics, run.selection, run.recipe):
-            path.unlink(missing_ok=True)
-        shutil.rmtree(run.export_dir, ignore_errors=True)
-    run.root.mkdir(parents=True, exist_ok=True)
+            raise EikdError(
+                f"nothing to resume in {run.root}: no {run.train_state.name} (the run stopped before its first "
+                "checkpoint); start it again with --overwrite instead of --resume"
+            )
+    elif state == "foreign":
+        refuse_foreign(run)
+    elif state == "run" and not overwrite:
+        raise EikdError(existing_run_message(run, "distill"))
+    checked = check_inputs(inputs, recipe, run)
+    if resume:
+        check_resume_inputs(run, inputs, recipe, checked)
+        return checked, Replacement.none(run)
+    return checked, Replacement.begin(run)
+
+
+def check_resume_inputs(run: RunPaths, inputs: DistillInputs, recipe: Recipe, checked: CheckedInputs) -> None:
+    """--resume continues only the same run: same recipe, same teacher file, same pool, same teacher settings."""
+    resolved = read_marker(run.root) or {}
+    before = resolved.get("inputs") if isinstance(resolved.get("inputs"), dict) else {}
+    now = {**inputs.to_dict(), **checked.record}
+    if "recipe" in resolved and resolved["recipe"] != recipe.dump():
+        raise EikdError(f"--resume with a different recipe than {run.recipe}; resume with the same settings")
+    recorded_teacher = before.get("teacher_sha256") or _student_teacher_sha256(run)
+    if recorded_teacher and recorded_teacher != checked.teacher.sha256:
+        raise EikdError(
+            f"--resume with another teacher: {inputs.teacher} (sha256 {checked.teacher.sha256[:12]}) is not the "
+            f"teacher this run was distilled from (sha256 {str(recorded_teacher)[:12]}); resume with that teacher, "
+            "or start a new run with --overwrite"
+        )
+    pool_changed = before.get("unlabeled") != now["unlabeled"] or (
+        "unlabeled_fingerprint" in before and before["unlabeled_fingerprint"] != now["unlabeled_fingerprint"]
+    )
+    if pool_changed:
+        raise EikdError(
+            f"--resume with other field images: {inputs.unlabeled} is not the pool this run selected from "
+            f"({before.get('unlabeled')}; another folder, or files were added, removed or changed); resume with "
+            "that pool, or start a new run with --overwrite"
+        )
+    for key, what in (("spec_overrides", "--input-size/--mean/--std/--classes"), ("teacher_arch", "--teacher-arch")):
+        if key in before and before[key] != now[key]:
+            raise EikdError(f"--resume with other {what} than the run was started with; resume with the same ones")
+
+
+def _student_teacher_sha256(run: RunPaths) -> str | None:
+    """The teacher recorded in student.pt, for runs whose recipe.resolved.yaml predates the recorded sha256."""
+    try:
+        payload = torch.load(run.student, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    teacher = payload.get("teacher") if isinstance(payload, dict) else None
+    sha = teacher.get("sha256") if isinstance(teacher, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
+def write_resolved(
+    run: RunPaths, inputs: DistillInputs, recipe: Recipe, checked: CheckedInputs | None, stage: str | None = None
+) -> None:
+    """recipe.resolved.yaml: every setting of the run, and the mark that makes the folder an eikd-edge run."""
+    data: dict[str, Any] = {"eikd_edge_version": __version__}
+    if stage:
+        data["stage"] = stage
+    data["inputs"] = {**inputs.to_dict(), **(checked.record if checked else {})}
+    data["recipe"] = recipe.dump()
+    write_yaml_atomic(run.recipe, data)
 
 
 def _decode_subset(pool: PoolScores, indices: np.ndarray, spec: InputSpec) -> tuple[torch.Tensor, np.ndarray]:
     """Decode the chosen pool images once to uint8 at training resolution (files that vanished are dropped)."""
-    paths = [pool.root / pool.paths[i] for i in indices]
+    paths = [confined(pool.root, pool.paths[i]) for i in indices]
     report = DecodeReport()
     images, kept = [], []
     for batch in iter_decoded(paths, spec.input_size, 512, report):
@@ -165,30 +295,41 @@ def distill(
     resume: bool = False,
     overwrite: bool = False,
 ) -> DistillResult:
-    """Select, train and checkpoint; returns the metrics also written to RUN/metrics.json."""
+    """Select, train and checkpoint; returns the metrics also written to RUN/metrics.json.
+
+    Rank 0 holds the run folder's lock and checks every input before it touches the folder.
+    """
     ctx = init_distributed(
         torch.device("cuda") if recipe.train.device != "cpu" and torch.cuda.is_available() else torch.device("cpu")
     )
+    run = RunPaths(Path(out))
     try:
-        return _distill(inputs, recipe, RunPaths(Path(out)), resume, overwrite, ctx)
+        if not ctx.is_main:
+            return _distill(inputs, recipe, run, resume, ctx, None, Replacement.none(run))
+        with writing_run(run.root, "distill", create=True):
+            checked, replacement = prepare_run_folder(run, inputs, recipe, resume, overwrite)
+            with replacement:
+                return _distill(inputs, recipe, run, resume, ctx, checked, replacement)
     finally:
         cleanup(ctx)
 
 
 def _distill(
-    inputs: DistillInputs, recipe: Recipe, run: RunPaths, resume: bool, overwrite: bool, ctx: DistContext
+    inputs: DistillInputs,
+    recipe: Recipe,
+    run: RunPaths,
+    resume: bool,
+    ctx: DistContext,
+    checked: CheckedInputs | None,
+    replacement: Replacement,
 ) -> DistillResult:
     device = resolve_device(recipe.train.device, ctx)
-    if ctx.is_main:
-        prepare_run_folder(run, resume, overwrite)
-        _check_resume_recipe(run, recipe, resume)
     barrier(ctx)
     torch.manual_seed(recipe.train.seed)
-    teacher, selection, extras = run_selection(inputs, recipe, run.root, device=device, ctx=ctx)
+    teacher = checked.teacher if checked else None
+    teacher, selection, extras = run_selection(inputs, recipe, run.root, teacher=teacher, device=device, ctx=ctx)
     if ctx.is_main:
-        write_yaml_atomic(
-            run.recipe, {"eikd_edge_version": __version__, "inputs": inputs.to_dict(), "recipe": recipe.dump()}
-        )
+        write_resolved(run, inputs, recipe, checked)
     spec = teacher.spec
     pool = selection.pool
     train_images, train_idx = _decode_subset(pool, selection.train_indices, spec)
@@ -197,6 +338,7 @@ def _distill(
         raise EikdError("fewer than 2 usable training images after selection; add field images or raise keep_fraction")
     val = load_labeled_folder(inputs.val, spec) if inputs.val else None
     trainer = Trainer(recipe, teacher, spec, device, ctx, run)
+    replacement.commit()  # the new run is about to write its first checkpoint: the old one goes for good
     trainer.fit(pool, train_images, train_idx, hold_images, hold_idx, val, resume)
     metrics = trainer.metrics(selection, inputs.val) if ctx.is_main else {}
     if ctx.is_main and "synthesis" in extras:
@@ -205,13 +347,3 @@ def _distill(
         write_json_atomic(run.metrics, metrics)
     barrier(ctx)
     return DistillResult(run, metrics, selection, ctx.is_main)
-
-
-def _check_resume_recipe(run: RunPaths, recipe: Recipe, resume: bool) -> None:
-    if not resume or not run.recipe.is_file():
-        return
-    from eikd_edge.run import read_resolved
-
-    previous = read_resolved(run).get("recipe")
-    if previous != recipe.dump():
-        raise EikdError(f"--resume with a different recipe than {run.recipe}; resume with the same settings")

@@ -60,6 +60,23 @@ class RunPaths:
     def export_record(self) -> Path:
         return self.export_dir / "export.json"
 
+    @property
+    def validation(self) -> Path:
+        return self.root / "validate.json"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench.json"
+
+    @property
+    def reports(self) -> tuple[Path, Path, Path]:
+        return self.root / "report.json", self.root / "report.md", self.root / "report.html"
+
+    @property
+    def previous(self) -> Path:
+        """Where `--overwrite` keeps the run it replaces until the new run reaches its first checkpoint."""
+        return self.root / ".eikd-edge-previous"
+
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():

@@ -89,11 +89,13 @@ def scoring_batch(requested: int, input_size: tuple[int, int]) -> int:
     return max(1, min(requested, BATCH_BYTES // per_image))
 
 
-def pool_fingerprint(root: Path, paths: list[Path], teacher: TeacherModel) -> str:
-    """Changes when any file, the teacher or its input spec changes, so a stale cache is never reused."""
+def folder_fingerprint(root: Path, paths: list[Path]) -> str:
+    """The pool as a set of files: its absolute root and every file's relative path, size and mtime.
+
+    The root is part of it, so a folder that moved (or a different one with the same names) is a different pool.
+    """
     digest = hashlib.sha256()
-    digest.update(teacher.sha256.encode())
-    digest.update(json.dumps(teacher.spec.to_dict(), sort_keys=True).encode())
+    digest.update(os.fsencode(Path(root).resolve()) + b"\n")
     for path in paths:  # surrogateescape: file names that are not valid UTF-8 (Linux) hash as their raw bytes
         try:
             stat = path.stat()
@@ -101,6 +103,15 @@ def pool_fingerprint(root: Path, paths: list[Path], teacher: TeacherModel) -> st
         except OSError:
             line = f"{path}|missing\n"
         digest.update(line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def pool_fingerprint(root: Path, paths: list[Path], teacher: TeacherModel) -> str:
+    """Changes when the folder, any file, the teacher or its input spec changes, so a stale cache is never reused."""
+    digest = hashlib.sha256()
+    digest.update(teacher.sha256.encode())
+    digest.update(json.dumps(teacher.spec.to_dict(), sort_keys=True).encode())
+    digest.update(folder_fingerprint(root, paths).encode())
     return digest.hexdigest()
 
 
@@ -112,21 +123,23 @@ def score_pool(
     cache: Path | None = None,
     ctx: DistContext | None = None,
     bn_deviation: bool = False,
+    exclude: tuple[Path, ...] = (),
 ) -> PoolScores:
     """Run the teacher once over the pool (this rank's shard), reuse a matching cache, gather across ranks.
 
     With `bn_deviation`, the same pass also measures each image's distance to the teacher's BatchNorm statistics.
+    `exclude`: folders under the root not to walk (the run folder being written, when it sits in the pool).
     """
     import time
 
     ctx = ctx or DistContext()
-    root = Path(root)
-    paths = scan_images(root)
+    root = Path(os.path.abspath(root))  # selection.json records it: later commands may run from anywhere
+    paths = scan_images(root, exclude)
     if not paths:
         raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
     fingerprint = pool_fingerprint(root, paths, teacher)
     want_bn = bn_deviation and bool(batchnorm_layers(teacher.module))
-    cached = _read_cache(cache, fingerprint)
+    cached = _read_cache(cache, fingerprint, root)
     if cached is not None and (cached.bn_deviation is not None or not want_bn):
         return cached
     started = time.perf_counter()
@@ -238,7 +251,7 @@ def _top_reason(report: DecodeReport) -> str:
     return f"most common: {reason}, {count} files"
 
 
-def _read_cache(cache: Path | None, fingerprint: str) -> PoolScores | None:
+def _read_cache(cache: Path | None, fingerprint: str, root: Path) -> PoolScores | None:
     """The cached scores, or None (recompute) when the file is missing, stale, damaged or not ours."""
     if cache is None or not cache.is_file():
         return None
@@ -246,11 +259,11 @@ def _read_cache(cache: Path | None, fingerprint: str) -> PoolScores | None:
         data = torch.load(cache, map_location="cpu", weights_only=True)
     except Exception:  # a damaged cache is simply recomputed
         return None
-    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
+    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint or not isinstance(data.get("paths"), list):
         return None
     try:
         scores = PoolScores(
-            root=Path(data["root"]),
+            root=root,
             paths=[str(p) for p in data["paths"]],
             logits=data["logits"],
             embeddings=data["embeddings"],

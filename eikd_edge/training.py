@@ -99,7 +99,7 @@ def describe_budget(cfg: TrainConfig) -> str:
 
 
 DEFAULT_EPOCHS = 30
-MIN_DEFAULT_STEPS = 1000
+MIN_DEFAULT_STEPS = 500
 
 
 def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -286,8 +286,8 @@ def test_vanished_file_during_scoring(
         shutil.copy(source, pool / source.name)
     real_scan = scoring.scan_images
 
-    def scan_then_delete(root: Path) -> list[Path]:
-        found = real_scan(root)
+    def scan_then_delete(root: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
+        found = real_scan(root, exclude)
         found[3].unlink()
         return found
 
@@ -349,7 +349,8 @@ def test_select_completes_on_a_hostile_pool(tmp_path: Path, script_teacher: Path
         assert display_name(NON_UTF8_BAD) == "\\xff\\xfe_bad.jpg"
     assert f"{len(expected) - len(good)} skipped" in result.output
 
-    again = runner.invoke(app, args, terminal_width=200)  # the cached teacher outputs are read back, names intact
+    # the cached teacher outputs are read back, names intact (--overwrite keeps the self-checking score cache)
+    again = runner.invoke(app, [*args, "--overwrite"], terminal_width=200)
     assert again.exit_code == 0, again.output
     cached = json.loads((out / "selection.json").read_text())
     assert cached["pool"]["scoring_s"] == 0.0

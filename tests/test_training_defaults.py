@@ -51,8 +51,8 @@ def test_class_mask_never_keeps_fewer_than_min_classes() -> None:
 
 
 def test_default_budget_grows_small_pools_to_a_minimum_step_count() -> None:
-    assert default_epochs(1080, 128) * (1080 // 128) >= MIN_DEFAULT_STEPS
-    assert default_epochs(1_000_000, 128) == 30  # a large pool: thirty passes, not a fixed step count
+    assert default_epochs(1080, 64) * (1080 // 64) >= MIN_DEFAULT_STEPS
+    assert default_epochs(1_000_000, 64) == 30  # a large pool: thirty passes, not a fixed step count
 
 
 def test_wall_clock_budget_turns_into_steps_at_the_measured_pace() -> None:

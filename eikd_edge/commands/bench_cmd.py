@@ -13,6 +13,7 @@ from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console
 from eikd_edge.errors import EikdError
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 
 
 def bench(
@@ -56,7 +57,8 @@ def bench(
         images=images,
         trust_pickle=trust_pickle,
     )
-    result = bench_run(RunPaths(run), options)
+    with writing_run(run, "bench"):
+        result = bench_run(RunPaths(run), options)
     print_bench(result, console)
     console.print(escape(f"written: {run / 'bench.json'}"), highlight=False)
 

@@ -21,10 +21,11 @@ from eikd_edge.commands.options import (
 from eikd_edge.commands.summary import print_distill_summary, print_novel_summary, print_selection_summary
 from eikd_edge.config import load_recipe
 from eikd_edge.console import console
-from eikd_edge.distill import DistillInputs, distill, run_selection
+from eikd_edge.distill import DistillInputs, check_inputs, distill, run_selection, write_resolved
 from eikd_edge.errors import EikdError
 from eikd_edge.novel import NovelConfig
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import Replacement, existing_run_message, folder_state, refuse_foreign, writing_run
 
 Unlabeled = Annotated[Path, typer.Option("--unlabeled", "-u", help="Folder of unlabeled field images (recursive).")]
 MaybeUnlabeled = Annotated[
@@ -59,15 +60,24 @@ def select_command(
     novel_clusters: Annotated[
         int | None, typer.Option("--novel-clusters", min=1, help="Number of novel clusters (default: by silhouette).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
 ) -> None:
     """Score the field images with the teacher and show what it finds (writes selection.json)."""
     settings = load_recipe(recipe, [*(overrides or []), *([f"selection.sampler={sampler}"] if sampler else [])])
     inputs = DistillInputs(
         teacher, unlabeled, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
     )
-    out.mkdir(parents=True, exist_ok=True)
     novel_config = NovelConfig(clusters=novel_clusters, seed=settings.train.seed) if novel else None
-    _, selection, extras = run_selection(inputs, settings, out, novel=novel_config)
+    with writing_run(out, "select", create=True) as run:
+        state = folder_state(run)
+        if state == "foreign":
+            refuse_foreign(run)
+        if state == "run" and not overwrite:
+            raise EikdError(existing_run_message(run, "select"))
+        checked = check_inputs(inputs, settings, run)
+        with Replacement.begin(run):
+            _, selection, extras = run_selection(inputs, settings, out, teacher=checked.teacher, novel=novel_config)
+            write_resolved(run, inputs, settings, checked, stage="select")
     print_selection_summary(selection, RunPaths(out))
     if "novel" in extras:
         print_novel_summary(extras["novel"], selection.pool.root)
@@ -143,9 +153,6 @@ def quickstart(
 ) -> None:
     """Select + distil on the bundled digits example (a few minutes on a laptop CPU)."""
     folder = example or bundled_example()
-    run = RunPaths(out)
-    if out.exists() and any(out.iterdir()) and not run.recipe.exists():
-        raise EikdError(f"{out} exists and is not an eikd-edge run folder; pick another --out")
     recipe_file = folder / "recipe.yaml"
     settings = load_recipe(recipe_file if recipe_file.is_file() else None, overrides)
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")

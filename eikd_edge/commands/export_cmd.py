@@ -17,6 +17,7 @@ from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
 from eikd_edge.export.pipeline import ExportRequest, ExportResult, export_run
 from eikd_edge.export.targets import DEFAULT_TARGET, load_target
+from eikd_edge.runfolder import writing_run
 
 STATUS_STYLE = {
     "ok": "[green]ok[/]",
@@ -68,7 +69,8 @@ def export(
     request = _request(
         onnx, int8, trt, fp16, fp32, target, opset, exporter, gate, calib_images, threads, images, trust_pickle
     )
-    result = export_run(run, request)
+    with writing_run(run, "export"):
+        result = export_run(run, request)
     _print(result)
     failed = [o for o in result.outcomes if o.status == "failed"]
     gated = [o for o in result.outcomes if o.status == "failed_gate"]

@@ -11,6 +11,7 @@ from rich.markup import escape
 from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console, err_console
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 
 
 def report(
@@ -27,8 +28,9 @@ def report(
     from eikd_edge.report.render_terminal import print_report
 
     paths = RunPaths(run)
-    result = build_report(paths, confusion=confusion, trust_pickle=trust_pickle)
-    written = write_report(result, paths)
+    with writing_run(run, "report"):
+        result = build_report(paths, confusion=confusion, trust_pickle=trust_pickle)
+        written = write_report(result, paths)
     print_report(result, console)
     console.print(escape(f"written: {', '.join(str(p) for p in written)}"), highlight=False)
     if open_ and not webbrowser.open(written[-1].resolve().as_uri()):

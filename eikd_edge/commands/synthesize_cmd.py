@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from eikd_edge.config import load_recipe
 from eikd_edge.console import console
 from eikd_edge.distill import DistillInputs, load_inputs_teacher, resolve_device
 from eikd_edge.distributed import DistContext
+from eikd_edge.runfolder import is_run_folder, writing_run
 from eikd_edge.scoring import progress_bar
 from eikd_edge.synthesis import check_output_folder, show_progress, synthesize
 
@@ -54,14 +56,16 @@ def synthesize_command(
     if batch_size:
         extra.append(f"synthesis.batch_size={batch_size}")
     recipe = load_recipe(None, extra)
-    check_output_folder(out, overwrite)
-    inputs = DistillInputs(
-        teacher, None, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
-    )
-    model = load_inputs_teacher(inputs)
-    target = resolve_device(recipe.train.device, DistContext())
-    with progress_bar(disable=not show_progress()) as bar:
-        result = synthesize(model, count, recipe.synthesis, out, target, bar)
+    owner = out.parent if is_run_folder(out.parent) else None  # writing into a run (RUN/synthetic): lock that run
+    with writing_run(owner, "synthesize") if owner else nullcontext():
+        check_output_folder(out, overwrite)
+        inputs = DistillInputs(
+            teacher, None, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
+        )
+        model = load_inputs_teacher(inputs)
+        target = resolve_device(recipe.train.device, DistContext())
+        with progress_bar(disable=not show_progress()) as bar:
+            result = synthesize(model, count, recipe.synthesis, out, target, bar)
     if result.reused:
         console.print(escape(f"{out} already holds these {result.count} images (same teacher and settings): kept"))
         return

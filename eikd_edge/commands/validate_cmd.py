@@ -14,6 +14,7 @@ from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console, err_console
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, ValidationResult, validate_run
 
 STATUS_STYLE = {"ok": "[green]ok[/]", "failed_gate": "[red]failed gate[/]", "failed": "[red]failed[/]"}
@@ -37,7 +38,8 @@ def validate(
     """Parity of every artifact; exit code 2 when one fails the gate."""
     if not 0.0 < gate <= 1.0:
         raise EikdError(f"--gate must be in (0, 1], got {gate}")
-    result = validate_run(RunPaths(run), images, gate, val, threads, limit, trust_pickle)
+    with writing_run(run, "validate"):
+        result = validate_run(RunPaths(run), images, gate, val, threads, limit, trust_pickle)
     _print(result)
     if result.failed:
         names = ", ".join(f"{c.name} ({c.reason})" for c in result.failed)

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from eikd_edge.data import DecodeReport, iter_decoded, scan_images
+from eikd_edge.data import DecodeReport, confined, iter_decoded, scan_images
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import read_marker
 from eikd_edge.selection_file import read_selection
 
 
@@ -31,13 +32,26 @@ class FieldImages:
 
 
 def read_manifest(run: RunPaths) -> tuple[Path, list[dict[str, Any]]]:
-    """The pool root and the manifest entries of selection.json."""
+    """The pool root and the manifest entries of selection.json; every entry's path stays inside the root."""
     data = read_selection(run)
-    root = (data.get("pool") or {}).get("root")
+    pool = data.get("pool")
+    root = pool.get("root") if isinstance(pool, dict) else None
     manifest = data.get("manifest")
-    if not root or not isinstance(manifest, list):
+    if not root or not isinstance(root, str) or not isinstance(manifest, list):
         raise EikdError(f"{run.selection} has no pool.root or manifest; re-run `eikd-edge select`/`distill`")
-    return Path(root), [e for e in manifest if isinstance(e, dict) and "path" in e]
+    entries = [e for e in manifest if isinstance(e, dict) and "path" in e]
+    for entry in entries:
+        confined(Path(root), str(entry["path"]))
+    return absolute_root(run, Path(root)), entries
+
+
+def absolute_root(run: RunPaths, root: Path) -> Path:
+    """Runs record the pool root absolute; an older run's relative root is taken from its recorded --unlabeled."""
+    if root.is_absolute():
+        return root
+    inputs = (read_marker(run.root) or {}).get("inputs")
+    unlabeled = inputs.get("unlabeled") if isinstance(inputs, dict) else None
+    return Path(unlabeled) if isinstance(unlabeled, str) and Path(unlabeled).is_absolute() else root
 
 
 def stratified(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -80,7 +94,7 @@ def decode_entries(
         raise EikdError(f"{run.selection} lists no {source} images; pass --images DIR")
     if not root.is_dir():
         raise EikdError(f"the run's field-image folder {root} is gone (run moved?); pass --images DIR")
-    paths = [root / str(e["path"]) for e in entries]
+    paths = [confined(root, str(e["path"])) for e in entries]
     images, kept = _decode(paths, spec, root, source)
     return FieldImages(
         images,

@@ -12,6 +12,9 @@ import contextlib
 import io
 import json
 import logging
+import os
+import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -34,6 +37,31 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 MIN_OPSET, MAX_OPSET = 11, 21
 SELF_CHECK_BATCHES = (1, 7)
 SELF_CHECK_ATOL = 1e-4
+TEMP_PREFIX = "eikd-onnx-"  # + the exporting process's pid + "-": work folders in the system temp dir
+_TEMP_FOLDER = re.compile(rf"^{TEMP_PREFIX}(?P<pid>\d+)-")
+
+
+def sweep_temp_folders() -> list[Path]:
+    """Remove this user's export work folders whose process is gone (a killed export); live ones are left alone."""
+    from eikd_edge.runlock import pid_alive
+
+    removed: list[Path] = []
+    try:
+        entries = list(Path(tempfile.gettempdir()).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_FOLDER.match(entry.name)
+        if match is None or pid_alive(int(match.group("pid"))):
+            continue
+        try:
+            if entry.is_symlink() or not entry.is_dir() or entry.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -54,7 +82,7 @@ def export_onnx(ckpt: StudentCheckpoint, out: Path, opset: int = 17, exporter: s
     model = ckpt.model.eval()
     h, w = ckpt.spec.input_size
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
-    with tempfile.TemporaryDirectory(prefix="eikd-onnx-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:  # the pid: see sweep_temp_folders
         raw_path = Path(tmp) / "raw.onnx"
         used = _export(model, example, raw_path, opset, exporter)
         proto = onnx.load(str(raw_path))

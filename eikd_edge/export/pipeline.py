@@ -96,6 +96,7 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
     if request.trt_precisions and target.backend != "tensorrt":
         raise EikdError(f"target {target.name} runs ONNX Runtime, not TensorRT; pick a TensorRT --target for --trt")
     ckpt = load_student(run.student)
+    onnx_export.sweep_temp_folders()  # left by a killed export; RUN/export/.int8-* go with the run lock's sweep
     run.export_dir.mkdir(parents=True, exist_ok=True)
     if request.images is not None:
         images = folder_images(request.images, ckpt.spec, MAX_IMAGES)

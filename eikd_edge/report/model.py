@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from eikd_edge import __version__
 from eikd_edge.bench import BENCH_FILE, BenchResult
 from eikd_edge.checkpoint import load_student
+from eikd_edge.data import confined
 from eikd_edge.errors import EikdError
+from eikd_edge.export.fieldset import absolute_root
 from eikd_edge.export.formats import FORMATS
 from eikd_edge.export.record import read_record
 from eikd_edge.models.zoo import count_macs, count_parameters
@@ -160,6 +162,8 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
     selection_json = read_selection(run) if run.selection.is_file() else None
     if selection_json is None:
         notes.append("selection.json not found")
+    else:
+        _confine_paths(run, selection_json)
     validation = _optional(run.root / VALIDATE_FILE, notes, f"not validated: run `eikd-edge validate {run.root}`")
     bench_json = _optional(run.root / BENCH_FILE, notes, f"no benchmark: run `eikd-edge bench {run.root}`")
     export = read_record(run) if run.export_record.is_file() else None
@@ -204,6 +208,24 @@ def _optional(path: Path, notes: list[str], missing: str) -> dict[str, Any] | No
         notes.append(missing)
         return None
     return read_json(path, path.name)
+
+
+def _confine_paths(run: RunPaths, data: dict[str, Any]) -> None:
+    """Thumbnails are read from the pool: a manifest or novel-sample path that leaves the pool root is refused,
+    so a crafted selection.json cannot make the report embed any other image on the machine."""
+    pool = data.get("pool")
+    root = pool.get("root") if isinstance(pool, dict) else None
+    if not isinstance(root, str) or not root:
+        data["manifest"], data["novel"] = [], None  # nowhere to read images from: no thumbnails
+        return
+    for entry in data.get("manifest") or []:
+        if isinstance(entry, dict) and "path" in entry:
+            confined(Path(root), str(entry["path"]))
+    novel = data.get("novel")
+    for cluster in (novel.get("clusters") or []) if isinstance(novel, dict) else []:
+        for path in (cluster.get("examples") or []) if isinstance(cluster, dict) else []:
+            confined(Path(root), str(path))
+    data["pool"] = {**pool, "root": str(absolute_root(run, Path(root)))}
 
 
 def _student_sizes(model: Any, input_size: tuple[int, int]) -> dict[str, Any]:
