@@ -30,7 +30,7 @@ from tests.run_fixture import FixtureRun, fresh_run
 # The fixture teacher is a random convolutional body with a fitted head: right on clean digits, erratic on shifted
 # ones, so it labels the un-augmented images here (cached targets); the bundled example's real teacher runs online.
 LEARN = ["student.width=0.5", "train.batch_size=32", "train.steps=90", "train.device=cpu",
-         "train.teacher_targets=cached", "selection.keep_fraction=1.0"]  # fmt: skip
+         "train.teacher_targets=cached", "train.mix=none", "selection.keep_fraction=1.0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
