@@ -44,7 +44,8 @@ def test_field_pool_holds_no_image_of_the_teachers_train_or_val_set(task: Task) 
 
 def test_truth_describes_every_field_file(task: Task) -> None:
     rows = read_truth(task.truth)
-    assert sorted(r["path"] for r in rows) == sorted(p.relative_to(task.field).as_posix() for p in scan_images(task.field))
+    files = sorted(p.relative_to(task.field).as_posix() for p in scan_images(task.field))
+    assert sorted(r["path"] for r in rows) == files
     assert {r["kind"] for r in rows} <= set(KINDS)
     assert all(r["label"] in task.classes for r in rows if r["kind"] == "in-class")
     assert all(r["label"] == "" for r in rows if r["kind"] != "in-class")
