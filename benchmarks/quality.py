@@ -7,6 +7,8 @@ EIKD ablations, the teacher, and the plain-KD reference, over several seeds.
 * defaults: the recipe is the built-in defaults with only method, train.seed and train.device=cpu set:
   the defaults are the product.
 * equal steps (--steps N): the same plus train.steps=N, identical for every method.
+* ablations (--ablations): eikd without class-dropping / feature / relation / class balance, at --steps when
+  given (components are compared at one budget), else at the defaults.
 * plain KD (benchmarks/plain_kd.py): (a) --plain-epochs over the whole pool, (b) the end-to-end wall time of
   the eikd-defaults run of the same seed.
 * "slice agreement": top-1 agreement with the teacher on ONE fixed 15% slice of the field pool, drawn once
@@ -54,14 +56,17 @@ def dig(metrics: dict[str, Any], dotted: str) -> Any:
 
 
 def plan(methods: list[str], ablations: bool, steps: int | None, defaults: bool) -> list[tuple[str, str, list[str]]]:
-    """(row, mode, overrides) of every engine run for one seed; eikd at defaults first (plain KD (b) needs it)."""
+    """(row, mode, overrides) of every engine run for one seed; eikd at defaults first (plain KD (b) needs it).
+    Ablations compare components at one budget: the equal-step one when given, else the defaults."""
     rows = [(m, [f"method={m}"]) for m in methods]
-    if ablations:
-        rows += [(name, list(VARIANTS[name])) for name in ABLATIONS]
     modes = [("defaults", [])] if defaults else []
     if steps is not None:
         modes.append((f"{steps} steps", [f"train.steps={steps}"]))
-    return [(row, mode, [*overrides, *extra]) for mode, extra in modes for row, overrides in rows]
+    runs = [(row, mode, [*overrides, *extra]) for mode, extra in modes for row, overrides in rows]
+    if ablations and modes:
+        mode, extra = modes[-1]
+        runs += [(name, mode, [*VARIANTS[name], *extra]) for name in ABLATIONS]
+    return runs
 
 
 def run_engine(task: Task, field: Path, overrides: list[str], seed: int, out: Path, cut: FieldSlice) -> dict[str, Any]:
@@ -106,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--steps", type=int, default=None, help="equal optimizer-step budget rows (same for all)")
     parser.add_argument("--no-defaults", dest="defaults", action="store_false", help="skip the at-defaults rows")
-    parser.add_argument("--ablations", action="store_true", help="add the EIKD ablations (each mode)")
+    parser.add_argument("--ablations", action="store_true", help="add the EIKD ablations (at --steps, else defaults)")
     parser.add_argument("--plain-epochs", type=int, default=30, help="plain-KD reference (a): epochs (0 = skip)")
     parser.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain-KD reference")
     parser.add_argument("--slice", type=float, default=0.15, help="share of the pool held out for slice agreement")

@@ -88,6 +88,8 @@ def test_defaults_rows_set_nothing_but_the_method() -> None:
     assert defaults["eikd"] == ["method=eikd"] and defaults["kd"] == ["method=kd"]
     assert all(o[-1] == "train.steps=60" for _, mode, o in runs if mode != "defaults")
     assert runs[0][:2] == ("eikd", "defaults")
+    ablations = [(row, mode) for row, mode, _ in runs if row.startswith("eikd w/o")]
+    assert len(ablations) == 4 and {mode for _, mode in ablations} == {"60 steps"}
 
 
 def test_agreement_slice_is_fixed_and_never_trained_on(task: Task, tmp_path: Path) -> None:
