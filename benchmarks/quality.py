@@ -161,7 +161,12 @@ def main(argv: list[str] | None = None) -> None:
             record(row, mode, seed, result)
         if args.plain and args.plain_epochs > 0:
             result = run_plain(task, field, seed, cut, epochs=args.plain_epochs)
-            record(f"plain KD, {args.plain_epochs} epochs", "reference", seed, result)
+            record(
+                f"plain KD, {args.plain_epochs} epochs" if args.plain_epochs > 1 else "plain KD, 1 epoch",
+                "reference",
+                seed,
+                result,
+            )
         if args.plain and eikd_total is not None:
             result = run_plain(task, field, seed, cut, budget_s=eikd_total)
             record("plain KD, eikd-defaults wall time", "reference", seed, result)
