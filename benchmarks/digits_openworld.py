@@ -33,6 +33,7 @@ VARIANTS: dict[str, list[str]] = {
     "eikd w/o feature loss": ["loss.feature.enabled=false"],
     "eikd w/o relation loss": ["loss.relation.enabled=false"],
     "eikd w/o class balance": ["selection.balance=false"],
+    "eikd w/o mixup": ["train.mix=none"],
     "kd (whole pool)": ["method=kd"],
     "random (same size)": ["method=random"],
     "dfnd": ["method=dfnd"],

@@ -44,7 +44,7 @@ from eikd_edge.config import load_recipe
 from eikd_edge.distill import DistillInputs, distill
 
 METHODS = ("eikd", "kd", "random", "dfnd")
-ABLATIONS = ("eikd w/o class-dropping", "eikd w/o feature loss", "eikd w/o relation loss", "eikd w/o class balance")
+ABLATIONS = ("eikd w/o class-dropping", "eikd w/o feature loss", "eikd w/o relation loss", "eikd w/o mixup")
 
 
 def dig(metrics: dict[str, Any], dotted: str) -> Any:
