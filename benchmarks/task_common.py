@@ -204,19 +204,12 @@ def save_teacher(model: torch.nn.Module, out: Path, spec: InputSpec) -> Path:
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-def _top1(teacher: Any, images: torch.Tensor, labels: torch.Tensor) -> float:
-    correct = 0
-    for start in range(0, len(labels), 256):
-        logits, _ = teacher.predict(normalize(images[start : start + 256], teacher.spec))
-        correct += int((logits.argmax(1) == labels[start : start + 256]).sum())
-    return correct / max(1, len(labels))
-
-
 def score_teacher(teacher_path: Path, val: Path, field: Path, truth: Path) -> dict[str, Any]:
     """The saved teacher as the tool sees it: top-1 on val, and on the in-class part of the field pool."""
     teacher = load_teacher(teacher_path)
     images, labels, _ = load_labeled_folder(val, teacher.spec)
-    scores: dict[str, Any] = {"val_top1": round(_top1(teacher, images, labels), 4)}
+    top1 = digits_builder()._top1  # the example builder's scorer: one definition of the teacher's top-1
+    scores: dict[str, Any] = {"val_top1": round(top1(teacher, images, labels), 4)}
     rows = [r for r in read_truth(truth) if r["kind"] == "in-class"]
     if rows:
         paths = [field / r["path"] for r in rows]
@@ -224,6 +217,6 @@ def score_teacher(teacher_path: Path, val: Path, field: Path, truth: Path) -> di
         kept = [i for b in batches for i in b.indices]
         pixels = torch.cat([b.images for b in batches])
         target = torch.tensor([teacher.spec.classes.index(rows[i]["label"]) for i in kept])
-        scores["field_in_class_top1"] = round(_top1(teacher, pixels, target), 4)
+        scores["field_in_class_top1"] = round(top1(teacher, pixels, target), 4)
     scores["sha256"] = teacher.sha256
     return scores
