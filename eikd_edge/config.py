@@ -80,7 +80,12 @@ class LossConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
+    crop: Literal["auto", "pad", "resized"] = Field(
+        "auto",
+        description="pad: pad-and-random-crop; resized: random-resized-crop; auto: pad up to 64 px, else resized",
+    )
     crop_pad: int = Field(2, ge=0, le=MAX_CROP_PAD, description="pad-and-random-crop, in pixels at training resolution")
+    crop_scale: float = Field(0.35, gt=0, le=1, description="resized: smallest share of the image area a crop keeps")
     flip: bool = False
     jitter: float = Field(0.1, ge=0, le=1, description="brightness/contrast jitter strength")
 

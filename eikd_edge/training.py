@@ -26,20 +26,14 @@ from eikd_edge.models.taps import EmbeddingHook, find_classifier
 
 
 def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """uint8 NCHW -> float NCHW in [0, 255]: random pad-crop, optional flip, brightness/contrast jitter."""
+    """uint8 NCHW -> float NCHW in [0, 255]: a random crop (pad-crop for small inputs, random-resized-crop for
+    large ones), optional flip, brightness/contrast jitter. Runs on the images' device."""
     x = images.float()
-    batch, _, height, width = x.shape
-    device = x.device
-    if config.crop_pad > 0:
-        pad = config.crop_pad
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator, device=device)
-        dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator, device=device)
-        rows = (torch.arange(height, device=device)[None, :] + dy[:, None])[:, None, :, None]
-        cols = (torch.arange(width, device=device)[None, :] + dx[:, None])[:, None, None, :]
-        b = torch.arange(batch, device=device)[:, None, None, None]
-        ch = torch.arange(3, device=device)[None, :, None, None]
-        x = padded[b, ch, rows, cols]
+    if uses_resized_crop(config, x.shape[-2:]):
+        x = random_resized_crop(x, config.crop_scale, generator)
+    elif config.crop_pad > 0:
+        x = pad_crop(x, config.crop_pad, generator)
+    batch, device = x.shape[0], x.device
     if config.flip:
         flip = torch.rand(batch, generator=generator, device=device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -50,6 +44,45 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * contrast + mean * brightness).clamp(0, 255)
     return x
+
+
+SMALL_INPUT = 64  # up to this side, CIFAR-style pad-crop; above it, random-resized-crop
+
+
+def uses_resized_crop(config: AugmentConfig, size: tuple[int, int] | torch.Size) -> bool:
+    return config.crop == "resized" or (config.crop == "auto" and min(size) > SMALL_INPUT)
+
+
+def pad_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad by `pad` pixels and cut a random window of the original size from each image."""
+    batch, _, height, width = x.shape
+    device = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator, device=device)
+    rows = (torch.arange(height, device=device)[None, :] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(width, device=device)[None, :] + dx[:, None])[:, None, None, :]
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    ch = torch.arange(x.shape[1], device=device)[None, :, None, None]
+    return padded[b, ch, rows, cols]
+
+
+def random_resized_crop(x: torch.Tensor, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Per image, a box of area share U(min_scale, 1) and aspect ratio log-U(3/4, 4/3) at a random position,
+    resized back to the input size (bilinear), all images in one batched grid_sample."""
+    batch, device = x.shape[0], x.device
+    area = min_scale + (1 - min_scale) * torch.rand(batch, generator=generator, device=device)
+    log_ratio = (torch.rand(batch, generator=generator, device=device) * 2 - 1) * math.log(4 / 3)
+    ratio = log_ratio.exp()
+    box_w = (area * ratio).sqrt().clamp(max=1.0)  # as shares of the width and height
+    box_h = (area / ratio).sqrt().clamp(max=1.0)
+    centre_x = (torch.rand(batch, generator=generator, device=device) * 2 - 1) * (1 - box_w)
+    centre_y = (torch.rand(batch, generator=generator, device=device) * 2 - 1) * (1 - box_h)
+    theta = torch.zeros(batch, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2] = box_w, centre_x
+    theta[:, 1, 1], theta[:, 1, 2] = box_h, centre_y
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def mix_images(x: torch.Tensor, mode: str, alpha: float, generator: torch.Generator) -> torch.Tensor:

@@ -18,10 +18,12 @@ from eikd_edge.models.zoo import build_model
 from eikd_edge.training import (
     MIN_DEFAULT_STEPS,
     DistillNet,
+    augment,
     build_optimizer,
     default_epochs,
     mix_images,
     steps_within_budget,
+    uses_resized_crop,
 )
 
 runner = CliRunner()
@@ -133,3 +135,19 @@ def test_the_odsd_flag_with_kd_is_refused(tmp_path: Path, script_teacher: Path, 
             "--method", "kd", "--select", "odsd"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "ignores selection.sampler" in result.output
+
+
+def test_large_inputs_get_random_resized_crops_small_ones_pad_crops() -> None:
+    """A horizontal ramp (value = column) at 96 px: each crop is a zoomed, unflipped window, so every row still
+    rises left to right, spans at least the narrowest allowed box and differs between images; 32 px pad-crops."""
+    config = load_recipe(None, []).train.augment.model_copy(update={"jitter": 0.0})
+    ramp = torch.arange(96, dtype=torch.float32).expand(8, 3, 96, 96).contiguous()
+    out = augment(ramp.to(torch.uint8), config, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape
+    assert bool((out[..., 1:] - out[..., :-1] >= -1e-3).all())  # rows rise: a crop, not a shuffle or flip
+    spans = out[:, 0, 48, -1] - out[:, 0, 48, 0]
+    assert float(spans.min()) >= 0.5 * 95 - 2 and float(spans.max()) <= 95 + 1e-3
+    assert len({round(float(s), 2) for s in spans}) > 1  # one box per image
+    assert uses_resized_crop(config, (96, 96)) and not uses_resized_crop(config, (32, 32))
+    small = augment(ramp[:, :, :32, :32].to(torch.uint8), config, torch.Generator().manual_seed(0))
+    assert set((small[:, 0, 16, 16] - 16).tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0}  # a pad-crop shift only
