@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from eikd_edge.cli import app
 from eikd_edge.config import Recipe, load_recipe, parse_duration
+from eikd_edge.data import normalize
 from eikd_edge.errors import EikdError
 from eikd_edge.losses import NoiseAdaptation, kept_class_mask
+from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.zoo import build_model
 from eikd_edge.training import (
     MIN_DEFAULT_STEPS,
@@ -22,6 +24,7 @@ from eikd_edge.training import (
     build_optimizer,
     default_epochs,
     mix_images,
+    recalibrate_batchnorm,
     steps_within_budget,
     uses_resized_crop,
 )
@@ -151,3 +154,35 @@ def test_large_inputs_get_random_resized_crops_small_ones_pad_crops() -> None:
     assert uses_resized_crop(config, (96, 96)) and not uses_resized_crop(config, (32, 32))
     small = augment(ramp[:, :, :32, :32].to(torch.uint8), config, torch.Generator().manual_seed(0))
     assert set((small[:, 0, 16, 16] - 16).tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0}  # a pad-crop shift only
+
+
+def test_precise_batchnorm_makes_eval_outputs_match_what_the_student_learned() -> None:
+    """torchvision-style BatchNorm momentum 0.01 after a few steps: the running statistics still describe the
+    initial weights, eval-mode logits are far from the train-mode ones; re-estimating them closes the gap."""
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", 10, width=0.5)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 0.01
+    spec = InputSpec((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
+    images = (torch.rand(256, 3, 32, 32) * 255).to(torch.uint8)
+    x = normalize(images.float(), spec)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):  # large steps: the weights move, the slow running averages do not follow
+        loss = model(x[:64]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def gap() -> float:
+        with torch.no_grad():
+            model.train()
+            learned = model(x)
+            model.eval()
+            return float((model(x) - learned).abs().mean() / learned.abs().mean().clamp_min(1e-6))
+
+    before = gap()
+    recalibrate_batchnorm(model, images, spec, count=256)
+    after = gap()
+    assert before > 0.5 and after < 0.05, (before, after)
+    assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
