@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Regenerates every command output pasted in README.md, on the bundled example, into OUT (default
+# readme-outputs/): one file per command, the command line first, its exit code last. Paste from there.
+#   bash scripts/readme_outputs.sh [OUT]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+out=$repo/${1:-readme-outputs}
+work=$(mktemp -d)
+mkdir -p "$out"
+ln -s "$repo/examples" "$work/examples"
+export COLUMNS=${COLUMNS:-100}
+tool=${EIKD_EDGE:-$repo/.venv/bin/eikd-edge}
+step() {  # name, then the command's arguments, run in a scratch folder holding examples/ and runs/
+    local name=$1
+    shift
+    {
+        echo "\$ eikd-edge $*"
+        (cd "$work" && "$tool" "$@" 2>&1 | sed -e "s#$work/##g" -e "s#$repo/##g")
+        echo "(exit ${PIPESTATUS[0]})"
+    } > "$out/$name.txt"
+    echo "wrote $out/$name.txt"
+}
+ex=examples/digits
+step 01-quickstart quickstart --out runs/quickstart
+step 02-inspect inspect $ex/teacher.pt
+step 03-select select -t $ex/teacher.pt -u $ex/field -o runs/sel
+step 04-select-novel select -t $ex/teacher.pt -u $ex/field -o runs/sel --novel --overwrite
+step 05-distill-again distill -t $ex/teacher.pt -u $ex/field --val $ex/val -o runs/quickstart
+step 06-export export runs/quickstart --onnx --int8 --trt --fp16 --target jetson-orin-nano
+step 07-validate validate runs/quickstart --val $ex/val
+step 08-bench bench runs/quickstart
+step 09-report report runs/quickstart
+cp "$work/runs/quickstart/report.md" "$out/10-report.md" 2>/dev/null || true
+rm -rf "$work"
