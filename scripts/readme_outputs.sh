@@ -16,8 +16,7 @@ step() {  # name, then the command's arguments, run in a scratch folder holding 
     shift
     {
         echo "\$ eikd-edge $*"
-        (cd "$work" && "$tool" "$@" 2>&1 | sed -e "s#$work/##g" -e "s#$repo/##g")
-        echo "(exit ${PIPESTATUS[0]})"
+        (cd "$work" && "$tool" "$@" 2>&1; echo "(exit $?)") | sed -e "s#$work/##g" -e "s#$repo/##g"
     } > "$out/$name.txt"
     echo "wrote $out/$name.txt"
 }
