@@ -149,6 +149,15 @@ class TrainConfig(_Strict):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cached_targets_mean_no_default_mix(cls, data: Any) -> Any:
+        """Cached targets label the un-augmented image, so the default mix cannot apply: it is switched off
+        rather than refused (asking for a mix and cached targets together is still an error)."""
+        if isinstance(data, dict) and data.get("teacher_targets") == "cached" and "mix" not in data:
+            return {**data, "mix": "none"}
+        return data
+
     @model_validator(mode="after")
     def _mixing_needs_the_teacher_online(self) -> TrainConfig:
         if self.mix != "none" and self.teacher_targets == "cached":

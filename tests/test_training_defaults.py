@@ -88,6 +88,7 @@ def test_mixes_combine_two_images_of_the_batch(mode: str) -> None:
 def test_mixing_needs_online_teacher_targets() -> None:
     with pytest.raises(EikdError, match="teacher_targets=online"):
         load_recipe(None, ["train.mix=mixup", "train.teacher_targets=cached"])
+    assert load_recipe(None, ["train.teacher_targets=cached"]).train.mix == "none"  # the default mix steps aside
 
 
 def test_dfnd_noise_transition_gets_no_weight_decay() -> None:
