@@ -341,6 +341,7 @@ def _distill(
     replacement.commit()  # the new run is about to write its first checkpoint: the old one goes for good
     trainer.fit(pool, train_images, train_idx, hold_images, hold_idx, val, resume)
     metrics = trainer.metrics(selection, inputs.val) if ctx.is_main else {}
+    trainer.release()  # the DDP wrapper goes before the process group it talks through
     if ctx.is_main and "synthesis" in extras:
         metrics["synthesis"] = extras["synthesis"]
     if ctx.is_main:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import os
 import time
@@ -301,6 +302,12 @@ class Trainer:
         self.wall_s = state["wall_s"]
         self.images_seen = state["images_seen"]
         self.total_steps = int(state.get("total_steps", self.total_steps))
+
+    def release(self) -> None:
+        """Drop the DDP wrapper now: left to the garbage collector, it can outlive the process group and abort
+        the process at exit (seen with gloo)."""
+        self.ddp = self.net
+        gc.collect()
 
     def metrics(self, selection: Selection, val: Path | None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}

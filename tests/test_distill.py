@@ -126,7 +126,7 @@ def test_torchrun_two_processes_agree_with_single(tmp_path: Path, script_teacher
     assert runner.invoke(app, ["select", *args[:4], "-o", str(single)]).exit_code == 0
     env = {**os.environ, "EIKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "eikd_edge", "distill", *args, "-o", str(ddp)]  # fmt: skip
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]

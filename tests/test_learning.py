@@ -149,7 +149,7 @@ def test_two_ddp_ranks_end_with_identical_trained_weights(tmp_path: Path, fitted
     env = {**os.environ, "EIKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
     sets = [arg for item in [*LEARN[:-1], "train.steps=12"] for arg in ("--set", item)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "eikd_edge", "distill", "-t", str(fitted.teacher), "-u", str(digit_pool), *sets,
                "-o", str(out)]  # fmt: skip
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
