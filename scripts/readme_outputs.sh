@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-out=$repo/${1:-readme-outputs}
+out=$(realpath -m "${1:-readme-outputs}")
 work=$(mktemp -d)
 mkdir -p "$out"
 ln -s "$repo/examples" "$work/examples"
