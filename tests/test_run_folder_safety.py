@@ -232,7 +232,7 @@ def test_two_distills_into_one_folder_one_wins(tmp_path: Path, script_teacher: P
     out = tmp_path / "run"
     env = {**os.environ, "EIKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "eikd_edge", *_distill(script_teacher, digit_images, out)]
-    first = subprocess.Popen([*base, "--set", "train.epochs=1000"], env=env, stdout=subprocess.PIPE,
+    first = subprocess.Popen([*base, "--set", "train.epochs=100000"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 240
     while not (out / "train_state.pt").exists() and first.poll() is None and time.monotonic() < deadline:
@@ -248,7 +248,7 @@ def test_two_distills_into_one_folder_one_wins(tmp_path: Path, script_teacher: P
     assert second.returncode == 1, second.stderr[-1500:]
     assert f"pid {first.pid}" in " ".join(second.stderr.split()) and "Traceback" not in second.stderr
     resolved = (out / "recipe.resolved.yaml").read_text()
-    assert "epochs: 1000" in resolved and "lr: 0.0123" not in resolved
+    assert "epochs: 100000" in resolved and "lr: 0.0123" not in resolved
     assert not (out / LOCK_NAME).exists()
 
 
