@@ -28,6 +28,7 @@ from eikd_edge.data import DecodeReport, iter_decoded, load_labeled_folder, norm
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.models.zoo import build_model
+from eikd_edge.training import warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_ARCH = "cifar_resnet20"
@@ -161,12 +162,7 @@ def _fit(
     steps_per_epoch = math.ceil(len(labels) / batch_size)
     total, warmup = epochs * steps_per_epoch, steps_per_epoch
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(epochs):
