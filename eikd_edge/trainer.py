@@ -137,7 +137,7 @@ class Trainer:
             )
         self.n_train = len(images)
         batch, steps_per_epoch, total_steps = self._schedule(len(images))
-        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.total_steps = total_steps
         self.configure_schedule(int(cfg.warmup_epochs * steps_per_epoch))
         if resume:
             self._load_state()
