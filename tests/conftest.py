@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,12 @@ os.environ.setdefault("EIKD_NO_PROGRESS", "1")
 torch.set_num_threads(1)  # tiny models: threads cost more than they give, and tests share the CPU
 
 SPEC = {"input_size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "classes": [str(i) for i in range(10)]}
+
+
+def restore_sigint() -> None:
+    """preexec_fn for a child the test will Ctrl-C: a shell that starts jobs in the background (as CI runners and
+    `cmd &` do) leaves SIGINT ignored, which Python inherits and never turns into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_sidecar(model_path: Path, spec: dict | None = None) -> None:

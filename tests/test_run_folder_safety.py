@@ -28,7 +28,7 @@ from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.run import RunPaths
 from eikd_edge.scoring import score_pool
-from tests.conftest import SPEC, save_torchscript, write_sidecar
+from tests.conftest import SPEC, restore_sigint, save_torchscript, write_sidecar
 from tests.run_fixture import FixtureRun, fresh_run
 
 runner = CliRunner()
@@ -233,7 +233,7 @@ def test_two_distills_into_one_folder_one_wins(tmp_path: Path, script_teacher: P
     env = {**os.environ, "EIKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "eikd_edge", *_distill(script_teacher, digit_images, out)]
     first = subprocess.Popen([*base, "--set", "train.epochs=100000"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint)  # fmt: skip
     deadline = time.monotonic() + 240
     while not (out / "train_state.pt").exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
