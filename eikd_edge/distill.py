@@ -23,7 +23,6 @@ from eikd_edge.data import (
     decode_image,
     iter_decoded,
     load_labeled_folder,
-    scan_images,
 )
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
@@ -39,7 +38,7 @@ from eikd_edge.runfolder import (
     refuse_foreign,
     writing_run,
 )
-from eikd_edge.scoring import PoolScores, folder_fingerprint, merge_pools, progress_bar, score_pool
+from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, progress_bar, scan_folder, score_pool
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
 from eikd_edge.trainer import Trainer
@@ -94,6 +93,7 @@ def run_selection(
     device: torch.device | None = None,
     ctx: DistContext | None = None,
     novel: NovelConfig | None = None,
+    pool_scan: FolderScan | None = None,
 ) -> tuple[TeacherModel, Selection, dict[str, Any]]:
     """Score the pool (field images, synthetic ones, or both) with the teacher and write selection.json.
 
@@ -110,7 +110,9 @@ def run_selection(
     extras: dict[str, Any] = {}
     if inputs.unlabeled is not None:
         pools.append(
-            score_pool(teacher, inputs.unlabeled, device, batch, run.teacher_outputs, ctx, want_bn, (run.root,))
+            score_pool(
+                teacher, inputs.unlabeled, device, batch, run.teacher_outputs, ctx, want_bn, (run.root,), pool_scan
+            )
         )
     if recipe.synthesis.count > 0:
         extras["synthesis"] = _synthesize_for_run(teacher, recipe, run, device, ctx)
@@ -156,6 +158,7 @@ class CheckedInputs:
 
     teacher: TeacherModel
     record: dict[str, Any]
+    pool_scan: FolderScan | None = None
 
 
 def check_inputs(inputs: DistillInputs, recipe: Recipe, run: RunPaths) -> CheckedInputs:
@@ -165,16 +168,17 @@ def check_inputs(inputs: DistillInputs, recipe: Recipe, run: RunPaths) -> Checke
     if inputs.val is not None and not Path(inputs.val).is_dir():
         raise EikdError(f"labeled folder not found: {inputs.val}")
     teacher = load_inputs_teacher(inputs)
-    pool = None
+    scan = None
     if inputs.unlabeled is not None:
-        pool = _check_pool(Path(inputs.unlabeled), teacher.spec, run)
-    return CheckedInputs(teacher, {"teacher_sha256": teacher.sha256, "unlabeled_fingerprint": pool})
+        scan = _check_pool(Path(inputs.unlabeled), teacher.spec, run)
+    record = {"teacher_sha256": teacher.sha256, "unlabeled_fingerprint": scan.fingerprint if scan else None}
+    return CheckedInputs(teacher, record, scan)
 
 
-def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> str:
-    """The pool's fingerprint, once it is known to hold images and (among its first files) a decodable one."""
-    root = Path(os.path.abspath(root))
-    paths = scan_images(root, (run.root,))
+def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> FolderScan:
+    """The pool walked once, after it is known to hold images and (among its first files) a decodable one."""
+    scan = scan_folder(root, (run.root,))
+    root, paths = scan.root, scan.paths
     if not paths:
         raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
     reasons: dict[str, int] = {}
@@ -190,7 +194,7 @@ def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> str:
             raise EikdError(
                 f"none of the {len(paths)} image files in {root} could be read (most common: {reason}, {count} files)"
             )
-    return folder_fingerprint(root, paths)
+    return scan
 
 
 def prepare_run_folder(
@@ -326,8 +330,10 @@ def _distill(
     device = resolve_device(recipe.train.device, ctx)
     barrier(ctx)
     torch.manual_seed(recipe.train.seed)
-    teacher = checked.teacher if checked else None
-    teacher, selection, extras = run_selection(inputs, recipe, run.root, teacher=teacher, device=device, ctx=ctx)
+    teacher, scan = (checked.teacher, checked.pool_scan) if checked else (None, None)
+    teacher, selection, extras = run_selection(
+        inputs, recipe, run.root, teacher=teacher, device=device, ctx=ctx, pool_scan=scan
+    )
     if ctx.is_main:
         write_resolved(run, inputs, recipe, checked)
     spec = teacher.spec

@@ -106,12 +106,28 @@ def folder_fingerprint(root: Path, paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def pool_fingerprint(root: Path, paths: list[Path], teacher: TeacherModel) -> str:
+@dataclass(frozen=True)
+class FolderScan:
+    """A pool folder walked once: its image files and their fingerprint, handed on so the scoring pass does not
+    walk and stat a large pool a second time."""
+
+    root: Path
+    paths: list[Path]
+    fingerprint: str
+
+
+def scan_folder(root: Path, exclude: tuple[Path, ...] = ()) -> FolderScan:
+    root = Path(os.path.abspath(root))
+    paths = scan_images(root, exclude)
+    return FolderScan(root, paths, folder_fingerprint(root, paths))
+
+
+def pool_fingerprint(folder: str, teacher: TeacherModel) -> str:
     """Changes when the folder, any file, the teacher or its input spec changes, so a stale cache is never reused."""
     digest = hashlib.sha256()
     digest.update(teacher.sha256.encode())
     digest.update(json.dumps(teacher.spec.to_dict(), sort_keys=True).encode())
-    digest.update(folder_fingerprint(root, paths).encode())
+    digest.update(folder.encode())
     return digest.hexdigest()
 
 
@@ -124,20 +140,24 @@ def score_pool(
     ctx: DistContext | None = None,
     bn_deviation: bool = False,
     exclude: tuple[Path, ...] = (),
+    scan: FolderScan | None = None,
 ) -> PoolScores:
     """Run the teacher once over the pool (this rank's shard), reuse a matching cache, gather across ranks.
 
     With `bn_deviation`, the same pass also measures each image's distance to the teacher's BatchNorm statistics.
     `exclude`: folders under the root not to walk (the run folder being written, when it sits in the pool).
+    `scan`: the same folder already walked (by the input checks), reused instead of walking it again.
     """
     import time
 
     ctx = ctx or DistContext()
     root = Path(os.path.abspath(root))  # selection.json records it: later commands may run from anywhere
-    paths = scan_images(root, exclude)
+    if scan is None or scan.root != root:
+        scan = scan_folder(root, exclude)
+    paths = scan.paths
     if not paths:
         raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
-    fingerprint = pool_fingerprint(root, paths, teacher)
+    fingerprint = pool_fingerprint(scan.fingerprint, teacher)
     want_bn = bn_deviation and bool(batchnorm_layers(teacher.module))
     cached = _read_cache(cache, fingerprint, root)
     if cached is not None and (cached.bn_deviation is not None or not want_bn):

@@ -223,14 +223,15 @@ class Trainer:
             logits, embedding, projected = self.ddp(x)
         progress = self.step / max(1, self.total_steps)
         terms = distillation_loss(self.net, self.recipe, logits, embedding, projected, t_logits, t_embed, progress)
-        if not torch.isfinite(terms.total):  # one more step would write NaN weights; the last checkpoint is finite
+        total = float(terms.total.detach())  # one host sync per step, for the check and the log
+        if not math.isfinite(total):  # one more step would write NaN weights; the last checkpoint is finite
             raise EikdError(diverged_message(self.step, self.recipe.train.lr, self.run))
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {"total": float(terms.total.detach()), **terms.parts}
+        return {"total": total, **terms.parts}
 
     def _end_epoch(
         self,

@@ -159,7 +159,7 @@ def recalibrate_batchnorm(
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers or count <= 0 or len(images) == 0:
         return
-    saved = [(m.momentum, m.training) for m in layers]
+    momenta = [m.momentum for m in layers]
     was_training = model.training
     model.train()
     for layer in layers:
@@ -169,7 +169,7 @@ def recalibrate_batchnorm(
     subset = images[picks]  # spread over the whole (path-ordered) set, not its first folder
     for start in range(0, len(subset), batch_size):
         model(normalize(subset[start : start + batch_size].float(), spec))
-    for layer, (momentum, _) in zip(layers, saved, strict=True):
+    for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
     model.train(was_training)
 

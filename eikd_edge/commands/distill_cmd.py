@@ -76,7 +76,9 @@ def select_command(
             raise EikdError(existing_run_message(run, "select"))
         checked = check_inputs(inputs, settings, run)
         with Replacement.begin(run):
-            _, selection, extras = run_selection(inputs, settings, out, teacher=checked.teacher, novel=novel_config)
+            _, selection, extras = run_selection(
+                inputs, settings, out, teacher=checked.teacher, novel=novel_config, pool_scan=checked.pool_scan
+            )
             write_resolved(run, inputs, settings, checked, stage="select")
     print_selection_summary(selection, RunPaths(out))
     if "novel" in extras:
