@@ -44,7 +44,17 @@ class SelectionConfig(_Strict):
     keep_fraction: float = Field(0.5, gt=0, le=1)
     balance: bool = True
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="cosine above which near-duplicates go")
-    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="selected samples kept for label-free validation")
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="selected samples held out of training (a diagnostic; flatters selective methods)"
+    )
+    agreement_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the whole field pool held out of every method's training to measure agreement with "
+        "the teacher (fixed by the pool, not the seed; raised towards 200 images on small pools; 0: off)",
+    )
+    agreement_max: int = Field(1000, ge=0, description="at most this many images in the agreement slice")
     batch_size: int = Field(256, gt=0)
 
 
@@ -136,6 +146,11 @@ class TrainConfig(_Strict):
     mix_alpha: float = Field(1.0, gt=0, description="Beta(α, α) for the mixing ratio")
     precise_bn: int = Field(
         1024, ge=0, description="training images that re-estimate BatchNorm statistics before each evaluation (0: off)"
+    )
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="student.pt holds best: the epoch with the highest agreement on the fixed field slice "
+        "(label-free), or last: the final epoch",
     )
     augment: AugmentConfig = AugmentConfig()
     curriculum: CurriculumConfig = CurriculumConfig()

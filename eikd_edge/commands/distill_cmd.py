@@ -18,7 +18,7 @@ from eikd_edge.commands.options import (
     TrustPickle,
     spec_overrides,
 )
-from eikd_edge.commands.summary import print_distill_summary, print_novel_summary, print_selection_summary
+from eikd_edge.commands.summary import next_line, print_distill_summary, print_novel_summary, print_selection_summary
 from eikd_edge.config import load_recipe
 from eikd_edge.console import console
 from eikd_edge.distill import DistillInputs, check_inputs, distill, run_selection, write_resolved
@@ -144,6 +144,7 @@ def distill_command(
     result = distill(inputs, settings, out, resume=resume, overwrite=overwrite)
     if result.is_main:
         print_distill_summary(result)
+        console.print(escape(next_line(out)))
 
 
 def quickstart(
@@ -160,7 +161,7 @@ def quickstart(
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")
     result = distill(inputs, settings, out, overwrite=True)
     print_distill_summary(result)
-    console.print(escape(f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}"))
+    console.print(escape(next_line(out)))
 
 
 def bundled_example() -> Path:

@@ -96,7 +96,7 @@ def print_distill_summary(result: DistillResult) -> None:
     table.add_row("params", human(teacher["params"]), human(student["params"]))
     table.add_row("MACs", human(teacher["macs"]), human(student["macs"]))
     table.add_row("top-1 on --val", _pct(teacher["top1"]), _pct(student["top1"]))
-    table.add_row("agreement with teacher (held-out field)", "", _pct(m["agreement"]["top1"]))
+    table.add_row("agreement with teacher (fixed field slice)", "", _agreement(m["agreement"]))
     console.print(table)
     sel = m["selection"]
     if "synthesis" in m:
@@ -108,16 +108,49 @@ def print_distill_summary(result: DistillResult) -> None:
         )
     source = "pool" if "synthesis" in m else "field"
     console.print(
-        f"selected {sel['selected']} of {sel['decoded']} {source} images; best epoch {student['best_epoch']} of "
-        f"{train['epochs']}; {train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
+        f"selected {sel['selected']} of {sel['decoded']} {source} images; {_kept(m)}; "
+        f"{train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
     )
     if "budget" in train:
         console.print(f"{train['steps']} steps of batch {train['batch_size']} ({train['budget']})", highlight=False)
     if sel["classes_below_quota"]:
         console.print(f"[yellow]classes below quota:[/] {_names(sel['classes_below_quota'])}")
-    if not m["agreement"]["holdout_size"]:
+    holdout = m["agreement"].get("selection_holdout") or {}
+    if holdout.get("size"):
+        console.print(
+            f"diagnostic only: {_pct(holdout.get('top1'))} agreement on the selection's own {holdout['size']} "
+            "held-out images (the teacher's surest ones: it flatters selective methods)",
+            highlight=False,
+        )
+    if not m["agreement"]["size"] and not holdout.get("size"):
         console.print(
             "[yellow]no images held out:[/] label-free model selection was off (the last epoch was kept); "
-            "add field images or raise selection.holdout_fraction"
+            "add field images or raise selection.agreement_fraction"
         )
     console.print(escape(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}"))
+
+
+def next_line(out: Path) -> str:
+    """What to run after a distillation (distill and quickstart end with the same line)."""
+    return f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}"
+
+
+def _agreement(agreement: dict[str, Any]) -> str:
+    """The share, its 95% interval and the slice size: a small slice gives a rough number, and says so."""
+    if agreement.get("top1") is None:
+        return "-"
+    ci = agreement.get("ci95")
+    spread = f" ± {100 * ci:.1f}" if ci is not None else ""
+    return f"{_pct(agreement['top1'])}{spread} ({agreement['size']} img)"
+
+
+def _kept(m: dict[str, Any]) -> str:
+    """Which epoch student.pt holds and why: the policy is part of what the number means."""
+    epochs, student, total = m.get("epochs") or {}, m["student"], m["train"]["epochs"]
+    kept = student.get("kept_epoch", student["best_epoch"])
+    if epochs.get("keep") == "last":
+        return f"kept the last epoch ({kept} of {total}; train.keep=last)"
+    picked_by = epochs.get("picked_by")
+    if picked_by is None:
+        return f"kept epoch {kept} of {total} (nothing held out to pick by)"
+    return f"kept epoch {kept} of {total} (train.keep=best: highest agreement on the {picked_by})"
