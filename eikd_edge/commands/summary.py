@@ -96,7 +96,7 @@ def print_distill_summary(result: DistillResult) -> None:
     table.add_row("params", human(teacher["params"]), human(student["params"]))
     table.add_row("MACs", human(teacher["macs"]), human(student["macs"]))
     table.add_row("top-1 on --val", _pct(teacher["top1"]), _pct(student["top1"]))
-    table.add_row("agreement with teacher (fixed field slice)", "", _agreement(m["agreement"]))
+    table.add_row("agreement with teacher (fixed slice)", "", _agreement(m["agreement"]))
     console.print(table)
     sel = m["selection"]
     if "synthesis" in m:
@@ -116,6 +116,12 @@ def print_distill_summary(result: DistillResult) -> None:
     if sel["classes_below_quota"]:
         console.print(f"[yellow]classes below quota:[/] {_names(sel['classes_below_quota'])}")
     holdout = m["agreement"].get("selection_holdout") or {}
+    if m["agreement"]["size"]:
+        console.print(
+            f"agreement: on {m['agreement']['size']} field images no method trains on (the same for every method "
+            "and seed; ± is the 95% interval)",
+            highlight=False,
+        )
     if holdout.get("size"):
         console.print(
             f"diagnostic only: {_pct(holdout.get('top1'))} agreement on the selection's own {holdout['size']} "
@@ -136,12 +142,12 @@ def next_line(out: Path) -> str:
 
 
 def _agreement(agreement: dict[str, Any]) -> str:
-    """The share, its 95% interval and the slice size: a small slice gives a rough number, and says so."""
+    """The share and its 95% interval: a small slice gives a rough number, and says so."""
     if agreement.get("top1") is None:
         return "-"
     ci = agreement.get("ci95")
     spread = f" ± {100 * ci:.1f}" if ci is not None else ""
-    return f"{_pct(agreement['top1'])}{spread} ({agreement['size']} img)"
+    return f"{_pct(agreement['top1'])}{spread}"
 
 
 def _kept(m: dict[str, Any]) -> str:
