@@ -46,8 +46,8 @@ def print_selection_summary(selection: Selection, run: RunPaths) -> None:
     console.print(
         f"pool: {pool['files']} files, {pool['decoded']} decoded, {skipped} skipped"
         f"{f' ({reasons})' if skipped else ''}; "
-        f"selected {data['selected_count']} ({data['train_count']} train, {data['holdout_count']} held out "
-        f"for label-free validation)"
+        f"selected {data['selected_count']} ({data['train_count']} train, {data['holdout_count']} held out); "
+        f"{data['agreement_count']} in the fixed agreement slice no method trains on"
     )
     if data["classes_below_quota"]:
         console.print(
