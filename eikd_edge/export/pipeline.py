@@ -19,8 +19,10 @@ from eikd_edge.errors import EikdError
 from eikd_edge.export import onnx as onnx_export
 from eikd_edge.export import tensorrt as trt_export
 from eikd_edge.export import trt_script
+from eikd_edge.export.device_bundle import clear_other_target, copy_device_script, write_parity_set
 from eikd_edge.export.fieldset import folder_images, run_field_images
-from eikd_edge.export.formats import BUILD_SCRIPT, CALIBRATION_CACHE, TRT_QDQ_ONNX, get_format, trt_format
+from eikd_edge.export.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format
+from eikd_edge.export.fp16 import write_fp16
 from eikd_edge.export.quantize import choose_int8, quantize_for_tensorrt
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
@@ -98,11 +100,13 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
     ckpt = load_student(run.student)
     onnx_export.sweep_temp_folders()  # left by a killed export; RUN/export/.int8-* go with the run lock's sweep
     run.export_dir.mkdir(parents=True, exist_ok=True)
+    switched = clear_other_target(run, target)  # one export folder states one target
     if request.images is not None:
         images = folder_images(request.images, ckpt.spec, MAX_IMAGES)
     else:
         images = run_field_images(run, ckpt.spec, "parity", MAX_IMAGES)
     ctx = _Context(run, ckpt, target, request, reference_outputs(run, ckpt, images, trust_pickle=request.trust_pickle))
+    ctx.ref.notes.extend(switched)
     outcomes: list[Outcome] = []
     onnx_path = get_format("onnx").path(run.root)
     if request.onnx or not onnx_path.is_file() or _stale(onnx_path, ckpt):
@@ -115,7 +119,7 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
     if request.int8:
         outcomes.append(_guarded(ctx, "onnx-int8", lambda: _build_int8(ctx, onnx_path)))
     on_device: dict[str, dict[str, Any]] = {}
-    reason = trt_export.unavailable_reason()
+    reason = trt_export.build_blocker(target) if request.trt_precisions else None
     for precision in request.trt_precisions:
         name = trt_format(precision).name
         if reason is None:
@@ -229,7 +233,9 @@ def _build_engine(ctx: _Context, onnx_path: Path, precision: str) -> dict[str, A
     fmt = trt_format(precision)
     path = fmt.path(ctx.run.root)
     calib = ctx.calibration() if precision == "int8" else None
-    record = trt_export.build_engine(onnx_path, path, precision, ctx.target, ctx.chw, calib)
+    if trt_export.strongly_typed_here():  # TensorRT 11: the precision comes from an FP16 or Q/DQ ONNX
+        _device_onnx(ctx, onnx_path, precision)
+    record = trt_export.build_engine(onnx_path.parent, path, precision, ctx.target, ctx.chw, calib)
     logits = TensorRTPredictor(path, ctx.ckpt.spec, name=fmt.name).predict_logits(ctx.ref.images.images)
     entry = _entry(ctx, fmt.name, path, record["build_s"], _opset(onnx_path), logits)
     entry.update(target=ctx.target.name, build_record=path.name + ".json", tensorrt_version=record["tensorrt_version"])
@@ -237,25 +243,46 @@ def _build_engine(ctx: _Context, onnx_path: Path, precision: str) -> dict[str, A
 
 
 def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path:
-    """build_engine.sh for the target; INT8 uses the TensorRT calibration cache if one exists, else a QDQ model."""
+    """build_engine.sh for the target, the FP16 and Q/DQ ONNX files every TensorRT version may need (with their
+    ONNX Runtime parity), the parity set and eikd_device.py for validating the engines on the device."""
+    onnx_path = get_format("onnx").path(ctx.run.root)
+    for name, info in on_device.items():
+        made = _device_onnx(ctx, onnx_path, info["precision"])
+        if made is not None:
+            key = "qdq" if info["precision"] == "int8" else "fp16"
+            info[f"{key}_onnx"] = made.name
+            info[f"{key}_parity_onnxruntime"] = parity(
+                _onnx_logits(ctx, made, made.name), ctx.ref, ctx.request.gate
+            ).to_dict()
+        on_device[name] = info
     precisions = [info["precision"] for info in on_device.values()]
-    qdq: str | None = None
-    if "int8" in precisions and not (ctx.run.export_dir / CALIBRATION_CACHE).is_file():
-        qdq_path = quantize_for_tensorrt(
-            get_format("onnx").path(ctx.run.root), ctx.run.export_dir / TRT_QDQ_ONNX, ctx.calibration()
-        )
-        qdq = qdq_path.name
-        on_device["trt-int8"]["qdq_onnx"] = qdq
-        on_device["trt-int8"]["qdq_parity_onnxruntime"] = parity(
-            _onnx_logits(ctx, qdq_path, qdq), ctx.ref, ctx.request.gate
-        ).to_dict()
     engines = {info["precision"]: info["engine"] for info in on_device.values()}
-    text = trt_script.build_script(ctx.target, precisions, ctx.chw, engines, qdq)
+    text = trt_script.build_script(ctx.target, precisions, ctx.chw, engines)
     script = trt_script.write_build_script(ctx.run.export_dir / BUILD_SCRIPT, text)
+    digest = write_parity_set(
+        ctx.run.export_dir,
+        ctx.ref.images.images.numpy(),
+        ctx.ref.student,
+        ctx.ckpt.spec,
+        source=ctx.ref.images.source,
+        gate=ctx.request.gate,
+        target=ctx.target.name,
+    )
+    if copy_device_script(ctx.run.export_dir) is None:
+        ctx.ref.notes.append("export/eikd_device.py is not part of this install: copy it next to build_engine.sh")
     for info in on_device.values():
-        info.update(script=BUILD_SCRIPT, target=ctx.target.name)
+        info.update(script=BUILD_SCRIPT, target=ctx.target.name, parity_reference_sha256=digest)
     merge_record(ctx.run, top={"on_device": on_device, "target": ctx.target.name})
     return script
+
+
+def _device_onnx(ctx: _Context, onnx_path: Path, precision: str) -> Path | None:
+    """The FP16 ONNX (fp16) or the symmetric Q/DQ ONNX (int8) beside student.onnx; None for fp32."""
+    if precision == "fp16":
+        return write_fp16(onnx_path, ctx.run.export_dir / FP16_ONNX)
+    if precision == "int8":
+        return quantize_for_tensorrt(onnx_path, ctx.run.export_dir / TRT_QDQ_ONNX, ctx.calibration())
+    return None
 
 
 def _opset(path: Path) -> int | None:

@@ -31,6 +31,14 @@ class BatchProfile(BaseModel):
         return self
 
 
+class DeviceMatch(BaseModel):
+    """The device a TensorRT target means: engines are built in-process only on a matching one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    compute_capability: str | None = Field(None, pattern=r"^\d+\.\d+$")
+    board: str | None = Field(None, description="Substring of /proc/device-tree/model (Jetson), e.g. 'Orin Nano'")
+
+
 class Target(BaseModel):
     """One deployment target. `name` is the file stem; the YAML holds every other field."""
 
@@ -43,6 +51,7 @@ class Target(BaseModel):
     opset: int = Field(17, ge=11)
     workspace_mib: int | None = Field(None, gt=0, description="TensorRT builder workspace pool")
     dla_core: int | None = Field(None, ge=0, description="Jetson DLA core for fp16/int8 engines (GPU fallback on)")
+    device: DeviceMatch | None = Field(None, description="Build in-process only on this device (None: any GPU)")
 
 
 def targets_dir() -> Path:
