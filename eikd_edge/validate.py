@@ -21,6 +21,7 @@ from eikd_edge.export.fieldset import FieldImages, folder_images, run_field_imag
 from eikd_edge.export.formats import FORMATS, get_format
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.tensorrt import unavailable_reason
+from eikd_edge.export.trt_checks import engine_failure_status
 from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
@@ -239,8 +240,10 @@ def check_artifact(
         predictor = make_predictor(fmt, run.root, ckpt.spec, threads=threads)
         result = parity(predictor.predict_logits(ref.images.images), ref, gate, top1(predictor, ref))
     except Exception as exc:  # an artifact that cannot even run fails validation; it must not crash the others
-        status = "skipped" if fmt.backend == "tensorrt" and isinstance(exc, EikdError) else "failed"
         reason = str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        status = "failed"
+        if fmt.backend == "tensorrt" and isinstance(exc, EikdError):
+            status, reason = engine_failure_status(entry.get("target"), reason)
         return ArtifactCheck(name, fmt.precision, fmt.backend, status, reason, None)
     reason = gate_reason(result)
     return ArtifactCheck(name, fmt.precision, fmt.backend, status_for(result.to_dict()), reason, result)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from eikd_edge.commands.options import RunFolder, TrustPickle
 from eikd_edge.console import console, err_console
+from eikd_edge.device_result import DeviceResult, import_device_result
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.run import RunPaths
 from eikd_edge.runfolder import writing_run
@@ -34,10 +35,26 @@ def validate(
     limit: Annotated[int, typer.Option("--limit", help="At most this many field images.")] = MAX_IMAGES,
     threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
     trust_pickle: TrustPickle = False,
+    device_result: Annotated[
+        Path | None,
+        typer.Option(
+            "--device-result",
+            help="Import device-result.json from `python3 eikd_device.py validate` run on the device.",
+        ),
+    ] = None,
 ) -> None:
     """Parity of every artifact; exit code 2 when one fails the gate."""
     if not 0.0 < gate <= 1.0:
         raise EikdError(f"--gate must be in (0, 1], got {gate}")
+    if device_result is not None:
+        with writing_run(run, "validate"):
+            imported = import_device_result(RunPaths(run), device_result)
+        _print_device(imported)
+        failed = [e for e in imported.engines.values() if e.status != "ok"]
+        if failed:
+            names = ", ".join(f"{e.name} ({e.reason})" for e in failed)
+            raise GateFailed(f"{len(failed)} engine(s) failed validation on the device: {names}")
+        return
     with writing_run(run, "validate"):
         result = validate_run(RunPaths(run), images, gate, val, threads, limit, trust_pickle)
     _print(result)
@@ -85,6 +102,36 @@ def _print(result: ValidationResult) -> None:
     for note in result.reference.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print(escape(f"written: {result.path} and export.json parity"), highlight=False)
+
+
+def _print_device(result: DeviceResult) -> None:
+    info = result.device
+    where = info.board or info.gpu_name or "unknown device"
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=escape(f"On the device: {where}, TensorRT {info.tensorrt_version}, {result.parity_set.n} images"),
+        caption="agree S: top-1 agreement with the FP32 PyTorch student; p50: host-to-host latency per batch",
+    )
+    for column in ("engine", "agree S", "flips", "Δlogit", "p50 ms (batch)", "img/s", "status"):
+        table.add_column(column, justify="left" if column in ("engine", "status") else "right", no_wrap=True)
+    for engine in result.engines.values():
+        p = engine.parity
+        lat = engine.latency[-1] if engine.latency else None
+        table.add_row(
+            escape(engine.name),
+            _pct(p.agree_student) if p else "-",
+            _pct(p.flip_rate) if p else "-",
+            _sci(p.max_abs_dlogit) if p and p.max_abs_dlogit is not None else "-",
+            " / ".join(f"{x.p50_ms:.2f} ({x.batch})" for x in engine.latency) or "-",
+            f"{lat.images_per_s:.0f}" if lat and lat.images_per_s else "-",
+            STATUS_STYLE.get(engine.status, escape(engine.status)),
+        )
+    console.print(table)
+    for engine in result.engines.values():
+        if engine.reason:
+            console.print(escape(f"  {engine.name}: {engine.reason}"), highlight=False)
+    console.print("imported into export.json (device_results) and validate.json (device)", highlight=False)
 
 
 def _pct(value: float | None) -> str:

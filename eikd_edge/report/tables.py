@@ -4,6 +4,7 @@ them out, so the three always agree."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from eikd_edge.bench import BenchResult
 from eikd_edge.report import text as t
@@ -146,14 +147,49 @@ def validation(report: Report) -> TextTable:
                 str(entry.get("status")) + (f": {entry['reason']}" if entry.get("reason") else ""),
             )
         )
+    device_rows, notes = _device_rows(data.get("device"))
     images = data.get("images") or {}
     return TextTable(
         f"Parity on {images.get('n', '?')} {images.get('source', '')} images, gate {t.pct(data.get('gate'))}",
         ("artifact", "agree S", "agree T", "flips", "Δprob", "Δlogit", "status"),
-        rows,
-        "flips: top-1 changed vs the FP32 student; Δprob, Δlogit: largest absolute difference",
+        rows + device_rows,
+        "flips: top-1 changed vs the FP32 student; Δprob, Δlogit: largest absolute difference; "
+        "'on device' rows: measured by eikd_device.py on the device (validate --device-result)",
         left=("artifact", "status"),
+        notes=notes,
     )
+
+
+def _device_rows(device: Any) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Rows for engines validated on the device, and their host-to-host latency as footnotes."""
+    if not isinstance(device, dict) or not isinstance(device.get("engines"), dict):
+        return [], []
+    info = device.get("info") or {}
+    where = str(info.get("board") or info.get("gpu_name") or "device")
+    rows, notes = [], []
+    for name, entry in device["engines"].items():
+        p = entry.get("parity") or {}
+        rows.append(
+            (
+                f"{name} on device",
+                t.pct(p.get("agree_student")),
+                t.DASH,
+                t.pct(p.get("flip_rate")),
+                f"{p['max_abs_dprob']:.1e}" if isinstance(p.get("max_abs_dprob"), int | float) else t.DASH,
+                f"{p['max_abs_dlogit']:.1e}" if isinstance(p.get("max_abs_dlogit"), int | float) else t.DASH,
+                str(entry.get("status")) + (f": {entry['reason']}" if entry.get("reason") else ""),
+            )
+        )
+        latency = ", ".join(
+            f"batch {x.get('batch')}: p50 {x.get('p50_ms'):.2f} ms, p99 {x.get('p99_ms'):.2f} ms"
+            for x in entry.get("latency") or []
+            if isinstance(x, dict)
+            and isinstance(x.get("p50_ms"), int | float)
+            and isinstance(x.get("p99_ms"), int | float)
+        )
+        if latency:
+            notes.append(f"{name} on {where} (TensorRT {info.get('tensorrt_version')}): {latency}")
+    return rows, notes
 
 
 def bench(result: BenchResult | None) -> TextTable:
