@@ -206,3 +206,14 @@ def test_readme_and_help_give_the_same_quickstart_time() -> None:
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert help_time in readme, help_time
     assert "a few minutes on a CPU" not in readme
+
+
+def test_every_output_pasted_in_the_readme_is_regenerated_by_the_script() -> None:
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    script = (ROOT / "scripts" / "readme_outputs.sh").read_text().replace("$ex", "examples/digits")
+    steps = {" ".join(line.split()[2:]) for line in script.splitlines() if line.startswith("step ")}
+    pasted = [
+        line[len("$ eikd-edge ") :].split("#")[0] for line in readme.splitlines() if line.startswith("$ eikd-edge ")
+    ]
+    commands = {" ".join(c.split()) for c in pasted if "..." not in c}
+    assert commands and commands <= steps, commands - steps
