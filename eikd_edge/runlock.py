@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,15 @@ def run_lock(root: Path, command: str, create: bool = False) -> Iterator[Path]:
     """Hold the run folder's lock for the body; with `create`, make the folder, and remove it again if the
     command leaves it empty (a failed first run leaves nothing behind)."""
     root = Path(root)
-    created = False
+    created: list[Path] = []  # the folders this call made, deepest first (runs/new/sel, then runs/new)
     if not root.exists():
         if not create:
             raise EikdError(f"run folder not found: {root}")
+        created = [root, *(p for p in root.parents if not p.exists())]
         try:
             root.mkdir(parents=True)
         except OSError as exc:
             raise EikdError(f"cannot create {root}: {exc.strerror or exc}") from None
-        created = True
     elif not root.is_dir():
         raise EikdError(f"{root} is a file, not a folder")
     path = root / LOCK_NAME
@@ -56,9 +56,11 @@ def run_lock(root: Path, command: str, create: bool = False) -> Iterator[Path]:
         yield path
     finally:
         _release(fd, path)
-        if created:
-            with suppress(OSError):
-                root.rmdir()  # only when empty
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty: a failed first run leaves no folder behind, parents included
+            except OSError:
+                break
 
 
 def holder(root: Path) -> dict[str, Any] | None:

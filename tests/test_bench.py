@@ -99,7 +99,7 @@ def test_latency_stats_are_percentiles_in_ms() -> None:
 
 def test_bench_cli_prints_the_table(onnx_run: FixtureRun) -> None:
     args = ["bench", str(onnx_run.root), "--batch", "1,2", "--backends", "torch,ort,trt", "--iters", "5"]
-    result = runner.invoke(app, [*args, "--warmup", "1", "--threads", "1", "--no-teacher"], terminal_width=160)
+    result = runner.invoke(app, [*args, "--warmup", "1", "--threads", "1", "--without-teacher"], terminal_width=160)
     assert result.exit_code == 0, result.output
     for text in ("p50", "p99", "img/s", "agree T", "pytorch", "onnx", "skipped", "bench.json"):  # 80 columns
         assert text in result.output

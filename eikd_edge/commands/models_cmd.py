@@ -8,18 +8,21 @@ import typer
 from rich.table import Table
 
 from eikd_edge.console import console
-from eikd_edge.models.spec import parse_input_size
-from eikd_edge.models.zoo import build_model, count_macs, count_parameters, list_architectures
 
 
 def models(
-    input_size: Annotated[str, typer.Option("--input-size", help="H or HxW used for the MAC count.")] = "32",
+    input_size: Annotated[
+        str, typer.Option("--input-size", metavar="HxW", help="H or HxW used for the MAC count.")
+    ] = "32",
     num_classes: Annotated[int, typer.Option("--classes", help="Number of output classes.")] = 10,
     all_torchvision: Annotated[
         bool, typer.Option("--all", help="Every torchvision classifier, not only the recommended.")
     ] = False,
 ) -> None:
     """List student architectures with parameters and MACs (torch's FLOP counter, batch 1)."""
+    from eikd_edge.models.spec import parse_input_size
+    from eikd_edge.models.zoo import build_model, count_macs, count_parameters, list_architectures
+
     size = parse_input_size(input_size)
     table = Table(title=f"Student zoo at 3x{size[0]}x{size[1]}, {num_classes} classes")
     for column in ("architecture", "family", "params", "MACs"):

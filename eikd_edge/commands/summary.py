@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
 from eikd_edge.console import console
-from eikd_edge.distill import DistillResult
-from eikd_edge.run import RunPaths
-from eikd_edge.selection import Selection
+
+if TYPE_CHECKING:
+    from eikd_edge.distill import DistillResult
+    from eikd_edge.run import RunPaths
+    from eikd_edge.selection import Selection
 
 
 def _pct(value: float | None) -> str:
