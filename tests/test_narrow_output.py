@@ -71,3 +71,16 @@ def test_print_command_never_wraps_a_command(tmp_path: Path) -> None:
     command = f"eikd-edge export {tmp_path / ('a-rather-long-run-folder-name-' * 3)} --onnx --int8"
     print_command("next:", command, out)
     assert out.file.getvalue().strip() == f"next: {command}"
+
+
+def test_report_terminal_tables_stack_without_dropping_or_folding_a_column(exported: tuple[FixtureRun, str]) -> None:
+    """At 60 columns (narrower than the report's tables) every column is still there, each header on one line."""
+    run, _ = exported
+    args = ["bench", str(run.root), "--batch", "1", "--iters", "3", "--warmup", "1", "--threads", "1"]
+    assert runner.invoke(app, [*args, "--backends", "torch,ort", "--budget-s", "5"], env=NARROW).exit_code == 0
+    result = runner.invoke(app, ["report", str(run.root)], env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if len(line) > 60] == [], result.output
+    for column in ("params", "MACs", "file size", "backend", "precision", "batch", "iters", "p50 ms", "speed-up"):
+        assert column in result.output, column
+    assert "…" not in result.output

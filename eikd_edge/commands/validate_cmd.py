@@ -115,27 +115,26 @@ def _print(result: ValidationResult) -> None:
 def _print_device(result: DeviceResult) -> None:
     info = result.device
     where = info.board or info.gpu_name or "unknown device"
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        title=escape(f"On the device: {where}, TensorRT {info.tensorrt_version}, {result.parity_set.n} images"),
-        caption="agree S: top-1 agreement with the FP32 PyTorch student; p50: host-to-host latency per batch",
-    )
-    for column in ("engine", "agree S", "flips", "Δlogit", "p50 ms (batch)", "img/s", "status"):
-        table.add_column(column, justify="left" if column in ("engine", "status") else "right", no_wrap=True)
+    columns = ("engine", "agree S", "flips", "Δlogit", "p50 ms (batch)", "img/s", "status")
+    rows = []
     for engine in result.engines.values():
         p = engine.parity
         lat = engine.latency[-1] if engine.latency else None
-        table.add_row(
-            escape(engine.name),
-            _pct(p.agree_student) if p else "-",
-            _pct(p.flip_rate) if p else "-",
-            _sci(p.max_abs_dlogit) if p and p.max_abs_dlogit is not None else "-",
-            " / ".join(f"{x.p50_ms:.2f} ({x.batch})" for x in engine.latency) or "-",
-            f"{lat.images_per_s:.0f}" if lat and lat.images_per_s else "-",
-            STATUS_STYLE.get(engine.status, escape(engine.status)),
+        rows.append(
+            (
+                escape(engine.name),
+                _pct(p.agree_student) if p else "-",
+                _pct(p.flip_rate) if p else "-",
+                _sci(p.max_abs_dlogit) if p and p.max_abs_dlogit is not None else "-",
+                " / ".join(f"{x.p50_ms:.2f} ({x.batch})" for x in engine.latency) or "-",
+                f"{lat.images_per_s:.0f}" if lat and lat.images_per_s else "-",
+                STATUS_STYLE.get(engine.status, escape(engine.status)),
+            )
         )
-    console.print(table)
+    title = escape(f"On the device: {where}, TensorRT {info.tensorrt_version}, {result.parity_set.n} images")
+    print_fitted(title, [(c, "left" if c in ("engine", "status") else "right") for c in columns], rows, console)
+    for line in ("agree S: top-1 agreement with the FP32 PyTorch student", "p50: host-to-host latency per batch"):
+        console.print(line, highlight=False, markup=False)
     for engine in result.engines.values():
         if engine.reason:
             console.print(escape(f"  {engine.name}: {engine.reason}"), highlight=False)

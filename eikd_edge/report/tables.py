@@ -19,7 +19,6 @@ class TextTable:
     rows: list[tuple[str, ...]]
     caption: str = ""
     left: tuple[str, ...] = field(default=())  # left-aligned columns; the rest are numbers, right-aligned
-    optional: tuple[str, ...] = ()  # columns a narrow terminal may drop, first one first
     notes: list[str] = field(default_factory=list)  # footnotes: why a row was skipped, where a budget ran out
 
 
@@ -276,7 +275,6 @@ def bench(result: BenchResult | None, failed: Collection[str] = ()) -> TextTable
         rows,
         caption,
         left=("backend", "model", "prec", "status"),
-        optional=("mean ± std", "p90", "size", "prec", "backend"),
         notes=list(dict.fromkeys(notes)),
     )
 
