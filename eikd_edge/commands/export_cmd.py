@@ -40,7 +40,7 @@ def export(
     fp16: Annotated[bool, typer.Option("--fp16", help="With --trt: an FP16 engine.")] = False,
     fp32: Annotated[bool, typer.Option("--fp32", help="With --trt: an FP32 engine.")] = False,
     target: Annotated[
-        str, typer.Option("--target", help="Device profile from export/targets (e.g. jetson-orin-nano).")
+        str, typer.Option("--target", help="Device profile (`eikd-edge` ships jetson-orin-nano, x86-cpu, ...).")
     ] = DEFAULT_TARGET,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the target's, 17).")] = None,
     exporter: Annotated[

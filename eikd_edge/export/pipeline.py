@@ -93,6 +93,11 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     target = load_target(request.target)
+    if request.opset is not None and request.opset > target.max_opset:
+        raise EikdError(
+            f"--opset {request.opset} is above what target {target.name} parses (max_opset {target.max_opset}); "
+            f"use --opset {target.max_opset} or lower"
+        )
     if request.trt_precisions and target.backend != "tensorrt":
         raise EikdError(f"target {target.name} runs ONNX Runtime, not TensorRT; pick a TensorRT --target for --trt")
     ckpt = load_student(run.student)
@@ -200,7 +205,8 @@ def _onnx_logits(ctx: _Context, path: Path, name: str) -> np.ndarray:
 
 def _build_onnx(ctx: _Context, path: Path) -> dict[str, Any]:
     opset = ctx.request.opset or ctx.target.opset
-    built = onnx_export.export_onnx(ctx.ckpt, path, opset=opset, exporter=ctx.request.exporter)
+    limits = onnx_export.Parsable(ctx.target.name, ctx.target.max_opset, ctx.target.max_ir_version)
+    built = onnx_export.export_onnx(ctx.ckpt, path, opset=opset, exporter=ctx.request.exporter, limits=limits)
     entry = _entry(ctx, "onnx", path, built.build_s, built.opset, _onnx_logits(ctx, path, "onnx"))
     entry.update(exporter=built.exporter, self_check_max_abs_dlogit=built.self_check_max_abs_dlogit)
     entry["source_sha256"] = file_sha256(ctx.ckpt.path)
