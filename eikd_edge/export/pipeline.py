@@ -19,6 +19,7 @@ from eikd_edge.errors import EikdError
 from eikd_edge.export import onnx as onnx_export
 from eikd_edge.export import tensorrt as trt_export
 from eikd_edge.export import trt_script
+from eikd_edge.export.agreement import coarse_gate_note
 from eikd_edge.export.fieldset import folder_images, run_field_images
 from eikd_edge.export.formats import BUILD_SCRIPT, CALIBRATION_CACHE, TRT_QDQ_ONNX, get_format, trt_format
 from eikd_edge.export.quantize import choose_int8, quantize_for_tensorrt
@@ -39,7 +40,7 @@ class ExportRequest:
     opset: int | None = None
     exporter: str = "auto"
     gate: float = DEFAULT_GATE
-    calib_images: int = 256
+    calib_images: int = 512
     threads: int = 0
     latency_budget_s: float = 1.0
     images: Path | None = None  # a folder of field images, when the run's pool folder is not at hand
@@ -71,6 +72,7 @@ class _Context:
     request: ExportRequest
     ref: Reference
     _calib: np.ndarray | None = None
+    gated: list[Outcome] = field(default_factory=list)  # on-device artifacts refused before any script was written
 
     @property
     def chw(self) -> tuple[int, int, int]:
@@ -108,6 +110,9 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
     else:
         images = run_field_images(run, ckpt.spec, "parity", MAX_IMAGES)
     ctx = _Context(run, ckpt, target, request, reference_outputs(run, ckpt, images, trust_pickle=request.trust_pickle))
+    coarse = coarse_gate_note(len(images))
+    if coarse and (request.int8 or request.trt_precisions):
+        ctx.ref.notes.append(coarse)
     outcomes: list[Outcome] = []
     onnx_path = get_format("onnx").path(run.root)
     if request.onnx or not onnx_path.is_file() or _stale(onnx_path, ckpt):
@@ -128,6 +133,7 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
         else:
             on_device[name] = {"precision": precision, "engine": trt_format(precision).file, "reason": reason}
     script = _write_script(ctx, on_device) if on_device else None
+    outcomes += ctx.gated
     for name, info in on_device.items():
         outcomes.append(Outcome(name, "on_device", f"{info['reason']}: build on the device with {BUILD_SCRIPT}", info))
     return ExportResult(outcomes, target, run.export_record, script, ctx.ref.notes)
@@ -228,6 +234,9 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
     )
     entry = _entry(ctx, "onnx-int8", path, result.build_s, _opset(path), _onnx_logits(ctx, path, "onnx-int8"))
     entry.update(quantization=result.record(), source="student.onnx")
+    advice = result.advice()
+    if entry["status"] == "failed_gate" and advice:
+        entry["reason"] = f"{entry['reason']}; {advice}"
     return entry
 
 
@@ -242,26 +251,56 @@ def _build_engine(ctx: _Context, onnx_path: Path, precision: str) -> dict[str, A
     return entry
 
 
-def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path:
-    """build_engine.sh for the target; INT8 uses the TensorRT calibration cache if one exists, else a QDQ model."""
-    precisions = [info["precision"] for info in on_device.values()]
+def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path | None:
+    """build_engine.sh for the target; INT8 uses the TensorRT calibration cache if one exists, else the Q/DQ model,
+    which must pass the parity gate in ONNX Runtime first: a Q/DQ model below it gets no INT8 build line (its
+    on_device entry says why) and, if nothing else is left to build, no script at all."""
     qdq: str | None = None
-    if "int8" in precisions and not (ctx.run.export_dir / CALIBRATION_CACHE).is_file():
-        qdq_path = quantize_for_tensorrt(
-            get_format("onnx").path(ctx.run.root), ctx.run.export_dir / TRT_QDQ_ONNX, ctx.calibration()
-        )
-        qdq = qdq_path.name
-        on_device["trt-int8"]["qdq_onnx"] = qdq
-        on_device["trt-int8"]["qdq_parity_onnxruntime"] = parity(
-            _onnx_logits(ctx, qdq_path, qdq), ctx.ref, ctx.request.gate
-        ).to_dict()
-    engines = {info["precision"]: info["engine"] for info in on_device.values()}
-    text = trt_script.build_script(ctx.target, precisions, ctx.chw, engines, qdq)
-    script = trt_script.write_build_script(ctx.run.export_dir / BUILD_SCRIPT, text)
+    refused: dict[str, dict[str, Any]] = {}
+    if "trt-int8" in on_device and not (ctx.run.export_dir / CALIBRATION_CACHE).is_file():
+        qdq = _qdq_for_device(ctx, on_device["trt-int8"])
+        if qdq is None:
+            refused["trt-int8"] = on_device.pop("trt-int8")
+    script: Path | None = None
+    if on_device:
+        precisions = [info["precision"] for info in on_device.values()]
+        engines = {info["precision"]: info["engine"] for info in on_device.values()}
+        text = trt_script.build_script(ctx.target, precisions, ctx.chw, engines, qdq)
+        script = trt_script.write_build_script(ctx.run.export_dir / BUILD_SCRIPT, text)
+    else:
+        (ctx.run.export_dir / BUILD_SCRIPT).unlink(missing_ok=True)  # an older script would build the refused model
     for info in on_device.values():
         info.update(script=BUILD_SCRIPT, target=ctx.target.name)
-    merge_record(ctx.run, top={"on_device": on_device, "target": ctx.target.name})
+    merge_record(ctx.run, top={"on_device": {**on_device, **refused}, "target": ctx.target.name})
     return script
+
+
+def _qdq_for_device(ctx: _Context, info: dict[str, Any]) -> str | None:
+    """Write student.int8.trt.onnx and gate it; None (info marked failed_gate, with what to try) when it falls short."""
+    evaluation = normalize(ctx.ref.images.images, ctx.ckpt.spec).numpy()
+    built = quantize_for_tensorrt(
+        get_format("onnx").path(ctx.run.root),
+        ctx.run.export_dir / TRT_QDQ_ONNX,
+        ctx.calibration(),
+        evaluation,
+        ctx.request.gate,
+        ctx.request.threads,
+    )
+    checked = parity(_onnx_logits(ctx, built.path, TRT_QDQ_ONNX), ctx.ref, ctx.request.gate)
+    info.update(qdq_onnx=built.path.name, qdq_parity_onnxruntime=checked.to_dict())
+    info["qdq_fp32_nodes"] = list(built.fp32_nodes)
+    if checked.passed:
+        return built.path.name
+    worst = ", ".join(r["node"] for r in built.ranking[:4]) or "none found"
+    reason = (
+        f"the Q/DQ model for TensorRT fails the gate in ONNX Runtime: {gate_reason(checked)}; no INT8 build script "
+        f"written (nodes that cost most when quantized: {worst}); try --calib-images "
+        f"{max(2 * ctx.request.calib_images, 512)}, a lower --gate, or --fp16"
+    )
+    info.update(status="failed_gate", reason=reason, target=ctx.target.name)
+    info.pop("script", None)
+    ctx.gated.append(Outcome("trt-int8", "failed_gate", reason, info))
+    return None
 
 
 def _opset(path: Path) -> int | None:
