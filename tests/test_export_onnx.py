@@ -131,7 +131,7 @@ def test_export_onnx_cli_writes_the_record_contract(onnx_run: tuple[FixtureRun, 
         "passed",
     }
     assert keys <= set(parity)
-    assert parity["agree_student"] == 1.0 and parity["passed"] and parity["n_images"] == 13  # the holdout slice
+    assert parity["agree_student"] == 1.0 and parity["passed"] and parity["n_images"] == 38  # the pool's gate split
     assert parity["max_abs_dlogit"] < 1e-4 and 0.0 <= parity["agree_teacher"] <= 1.0
 
 
