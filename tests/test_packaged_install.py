@@ -46,16 +46,17 @@ def test_installed_wheel_exports_onnx_and_int8(tmp_path_factory: pytest.TempPath
     work = tmp_path_factory.mktemp("wheel")
     wheel = _build_wheel(work)
     venv = work / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], cwd=work)
+    # No PYTHONPATH: with the source tree on it, pip would find its egg-info and skip the wheel as installed.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EIKD_TARGETS_DIR")}
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=work, env=env)
     python = venv / "bin" / "python"
-    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=work)
-    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=work)
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=work, env=env)
+    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=work, env=env)
     # After the install: pip would otherwise take the source tree's editable eikd-edge for the wheel's.
     Path(purelib.strip(), "parent-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     run = fresh_run(tmp_path_factory, "wheel-run")
     cwd = tmp_path_factory.mktemp("elsewhere")  # neither the source tree nor its parent
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EIKD_TARGETS_DIR")}
     where = _run([str(python), "-c", "import eikd_edge; print(eikd_edge.__file__)"], cwd=cwd, env=env)
     assert Path(where.strip()).is_relative_to(venv), where
     cli = venv / "bin" / "eikd-edge"
