@@ -48,7 +48,7 @@ def test_every_model_gets_sane_complete_statistics(measured: BenchResult) -> Non
         assert row.device_ms is None  # CUDA-event compute time exists only for torch on a GPU
     onnx = next(r for r in ok if r.model == "onnx")
     assert onnx.agree_student == 1.0 and 0.0 <= onnx.agree_teacher <= 1.0  # from export.json parity
-    assert measured.images == {"source": "holdout", "n": 4, "tiled_to_batch": True}
+    assert measured.images == {"source": "field pool (gate split)", "n": 4, "tiled_to_batch": True}
     assert measured.machine["cpu_count"] >= 1 and measured.machine["torch"]
 
 

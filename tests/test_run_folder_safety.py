@@ -345,7 +345,7 @@ def test_selection_records_an_absolute_root_usable_from_anywhere(
     monkeypatch.chdir(elsewhere)
     spec = InputSpec.from_dict(SPEC)
     images = run_field_images(RunPaths(work / "sel"), spec, "parity", 8)
-    assert len(images) == 6 and images.source == "holdout"  # all of the holdout slice, decoded from here
+    assert len(images) == 8 and images.source == "field pool (gate split)"  # decoded from here
 
 
 @pytest.fixture()

@@ -229,10 +229,14 @@ def quickstart(
 
 
 def bundled_example() -> Path:
-    """examples/digits in the source checkout the package runs from."""
+    """examples/digits in the source checkout the package runs from. The 3,300 example images stay out of the
+    wheel (one copy, in the repository); an installed package points at a clone or --example."""
     folder = Path(__file__).resolve().parents[2] / "examples" / "digits"
     if not (folder / "teacher.pt").is_file():
-        raise EikdError("the bundled example (examples/digits) is not here; run from a clone of the repository")
+        raise EikdError(
+            "the bundled example (examples/digits) ships with the repository, not the installed package: "
+            "clone it and pass --example CLONE/examples/digits"
+        )
     return folder
 
 

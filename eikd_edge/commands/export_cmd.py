@@ -68,7 +68,7 @@ def export(
         ),
     ] = "auto",
     gate: Annotated[float, typer.Option("--gate", help="Min top-1 agreement with the FP32 student.")] = 0.99,
-    calib_images: Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")] = 256,
+    calib_images: Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")] = 512,
     threads: Threads = 0,
     images: Annotated[
         Path | None,
@@ -116,7 +116,8 @@ def export(
     failed = [o for o in result.outcomes if o.status == "failed"]
     gated = [o for o in result.outcomes if o.status == "failed_gate"]
     if gated:
-        raise GateFailed(f"{', '.join(o.name for o in gated)} failed the {gate} top-1 agreement gate")
+        names = ", ".join(o.name for o in gated)
+        raise GateFailed(f"{names} failed the {gate} top-1 agreement gate: {gated[0].reason}")
     if failed:
         raise EikdError(f"{', '.join(o.name for o in failed)} failed to export: {failed[0].reason}")
 
