@@ -25,7 +25,7 @@ from eikd_edge.export.trt_paths import banner_version, build_path, version_from_
 from eikd_edge.export.trt_script import build_script
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICE_SCRIPT = REPO / "export" / "eikd_device.py"
+DEVICE_SCRIPT = REPO / "eikd_edge" / "resources" / "device" / "eikd_device.py"
 
 _COMMON = (
     "allowGPUFallback avgRuns avgTiming consistency device directIO dumpLayerInfo dumpOutput dumpProfile dumpRefit "

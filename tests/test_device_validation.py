@@ -1,7 +1,7 @@
 """Engines validated where they run: device identity and target matching, refusals in validate, device results
 imported into the run (hostile-file safe), the FP16 ONNX for TensorRT 11, and one target per export folder.
 
-TensorRT is never mocked. The device result used here is produced by export/eikd_device.py's own figure functions
+TensorRT is never mocked. The device result used here is produced by the device helper's own figure functions
 from the FP16 ONNX's outputs in ONNX Runtime (standing in for an engine's outputs: what is tested is the file's
 journey into the run, not TensorRT).
 """
@@ -30,7 +30,7 @@ from eikd_edge.export.trt_checks import refusal_status
 from eikd_edge.export.trt_paths import build_path
 
 runner = CliRunner()
-DEVICE_SCRIPT = Path(__file__).resolve().parents[1] / "export" / "eikd_device.py"
+DEVICE_SCRIPT = Path(__file__).resolve().parents[1] / "eikd_edge" / "resources" / "device" / "eikd_device.py"
 NANO = {
     "gpu_name": "Orin",
     "compute_capability": "8.7",

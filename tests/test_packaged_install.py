@@ -36,10 +36,11 @@ def _build_wheel(out: Path) -> Path:
     return next(out.glob("eikd_edge-*.whl"))
 
 
-def test_wheel_ships_the_target_profiles(tmp_path: Path) -> None:
+def test_wheel_ships_the_target_profiles_and_the_device_helper(tmp_path: Path) -> None:
     names = zipfile.ZipFile(_build_wheel(tmp_path)).namelist()
     assert "eikd_edge/resources/targets/x86-cpu.yaml" in names
     assert "eikd_edge/resources/targets/jetson-orin-nano.yaml" in names
+    assert "eikd_edge/resources/device/eikd_device.py" in names  # copied next to build_engine.sh by export --trt
 
 
 def test_installed_wheel_exports_onnx_and_int8(tmp_path_factory: pytest.TempPathFactory) -> None:

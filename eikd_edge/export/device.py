@@ -29,7 +29,7 @@ def board_model(path: Path = BOARD_MODEL) -> str | None:
 
 
 def cuda_device_info(index: int = 0) -> dict[str, Any] | None:
-    """GPU name, compute capability, SM count and CUDA driver version from libcuda (as export/eikd_device.py)."""
+    """GPU name, compute capability, SM count and CUDA driver version from libcuda (as the on-device eikd_device.py)."""
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
@@ -80,7 +80,7 @@ def version3(version: str) -> str:
 
 
 def cache_key(tensorrt_version: str, device: dict[str, Any]) -> str:
-    """Same text as export/eikd_device.py's cache-key, so a cache keyed on the device is checked alike here."""
+    """Same text as the on-device eikd_device.py cache-key, so a cache keyed on the device is checked alike here."""
     return "TensorRT {} | {} | sm_{} | {} SMs | {}".format(
         version3(tensorrt_version),
         device.get("gpu_name"),

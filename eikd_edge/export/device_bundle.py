@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ PARITY_FORMAT = "eikd-edge/parity-set"
 
 
 def device_script_source() -> Path | None:
-    """export/eikd_device.py of this source tree (the on-device helper), or None when it is not shipped here."""
-    path = Path(__file__).resolve().parents[2] / "export" / DEVICE_SCRIPT
+    """The on-device helper shipped inside the package (eikd_edge/resources/device), or None if a broken install
+    lacks it."""
+    path = Path(str(resources.files("eikd_edge") / "resources" / "device" / DEVICE_SCRIPT))
     return path if path.is_file() else None
 
 

@@ -37,7 +37,7 @@ FP16_ONNX = "student.fp16.trt.onnx"  # weights and activations in FP16: TensorRT
 CALIBRATION_CACHE = "calibration.cache"
 TIMING_CACHE = "timing.cache"
 BUILD_SCRIPT = "build_engine.sh"
-DEVICE_SCRIPT = "eikd_device.py"  # device identity, build records and on-device validation (export/eikd_device.py)
+DEVICE_SCRIPT = "eikd_device.py"  # on-device helper (package data: resources/device)
 PARITY_JSON, PARITY_IMAGES, PARITY_REFERENCE = "parity.json", "parity.images.npy", "parity.reference.npy"
 DEVICE_RESULT = "device-result.json"
 # Files that belong to one TensorRT target: removed when the export folder is re-exported for another target.

@@ -291,7 +291,7 @@ def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path |
         target=ctx.target.name,
     )
     if copy_device_script(ctx.run.export_dir) is None:
-        ctx.ref.notes.append("export/eikd_device.py is not part of this install: copy it next to build_engine.sh")
+        ctx.ref.notes.append("eikd_device.py is missing from this install: reinstall eikd-edge")
     for info in on_device.values():
         info.update(script=BUILD_SCRIPT, target=ctx.target.name, parity_reference_sha256=digest)
     merge_record(ctx.run, top={"on_device": {**on_device, **refused}, "target": ctx.target.name})
