@@ -19,7 +19,7 @@ TeacherArch = Annotated[
     typer.Option(
         "--teacher-arch",
         metavar="ARCH",
-        help="Architecture for a state_dict teacher (see `eikd-edge models --all`).",
+        help="Architecture for a state_dict teacher (see `eikd-edge models --all`), or timm:NAME.",
     ),
 ]
 TrustPickle = Annotated[

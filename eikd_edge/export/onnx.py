@@ -30,6 +30,7 @@ from eikd_edge.atomic import write_atomic
 from eikd_edge.checkpoint import StudentCheckpoint
 from eikd_edge.errors import EikdError
 from eikd_edge.models.teacher import file_sha256
+from eikd_edge.models.zoo import for_export
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -91,7 +92,7 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise EikdError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
     start = time.perf_counter()
-    model = ckpt.model.eval()
+    model = for_export(ckpt.model.eval(), ckpt.arch)  # re-parameterisable timm models fused
     h, w = ckpt.spec.input_size
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:  # the pid: see sweep_temp_folders
