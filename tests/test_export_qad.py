@@ -109,6 +109,21 @@ def test_selection_prefers_a_wilson_lower_bound_above_the_gate() -> None:
     assert select([fast], 0.99) is fast  # no candidate clears it: the fastest that passes
 
 
+def test_qad_runs_when_post_training_passes_only_by_a_hair() -> None:
+    """On a sample large enough for a lower bound to clear the gate, a pass by a hair (the quickstart's 99.04%
+    on 1,778 images) still calls for QAD; a sound pass does not; on a small sample only a failure does."""
+    from eikd_edge.export.quantize import Candidate, qad_trigger
+
+    def candidate(agree: float, n: int) -> Candidate:
+        return Candidate(HARSH, 1.0, 1.0, 8, agree, 0.1, agree >= 0.99, n_images=n)
+
+    assert qad_trigger([candidate(0.9904, 1778)], 0.99, 1778) is not None
+    assert qad_trigger([candidate(0.9904, 1778), candidate(0.9966, 1778)], 0.99, 1778) is None
+    assert qad_trigger([candidate(0.98, 1778)], 0.99, 1778) == "no post-training setting passed the gate"
+    assert qad_trigger([candidate(1.0, 38)], 0.99, 38) is None  # 38 of 38: no lower bound can clear 0.99
+    assert qad_trigger([candidate(0.95, 38)], 0.99, 38) is not None
+
+
 def test_qad_trains_only_on_images_the_gate_does_not_grade(tmp_path_factory: pytest.TempPathFactory) -> None:
     run = fresh_run(tmp_path_factory, "qad-spare").run
     _, entries = read_manifest(run)
