@@ -1,28 +1,74 @@
-"""The `eikd-edge` command: thin Typer commands; EikdError becomes one line and an exit code here only."""
+"""The `eikd-edge` command: thin Typer commands; EikdError becomes one line and an exit code here only.
+
+Nothing here (nor in the command modules' top levels) imports torch, onnxruntime or numpy: `--help`, `--version`
+and a mistyped command line answer in a fraction of a second; each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click
+    from typer._click.core import Command, Context
     from typer._click.exceptions import ClickException, UsageError
 except ImportError:  # pragma: no cover - older typer with click installed
+    from click.core import Command, Context
     from click.exceptions import ClickException, UsageError
 
 from eikd_edge import __version__
 from eikd_edge.commands import register_all
+from eikd_edge.commands.help_format import plain_help, plain_param
 from eikd_edge.console import console, err_console
 from eikd_edge.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_USER_ERROR, EikdError
 
 
 class _ErrorsToExitCodes(TyperGroup):
     """Every user error ends as one red line and its exit code; `--debug` shows the traceback instead."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Usage errors (a typo, a missing option) in the same one-line `error:` style as every other error,
+        instead of Typer's boxed panel."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # bare `eikd-edge`: the help was printed
+                err_console.print(f"[bold red]error:[/] {escape(_usage_message(exc))}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print("[yellow]interrupted[/]")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            plain_help(command, ctx)
+            plain_param(command.get_help_option(ctx), ctx)
+        return command
+
+    def get_help_option(self, ctx: Context) -> Any:
+        plain_help(self, ctx)
+        option = super().get_help_option(ctx)
+        plain_param(option, ctx)
+        return option
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         try:
@@ -88,6 +134,15 @@ def _root(
 register_all(app)
 
 
+def _usage_message(exc: ClickException) -> str:
+    """Click's message plus where to look: `No such option: --epoch (see: eikd-edge distill --help)`."""
+    message = exc.format_message().strip().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or not isinstance(exc, UsageError):
+        return message
+    return f"{message} (see: {ctx.command_path} --help)"
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text.strip() else ""
@@ -134,4 +189,4 @@ def quiet_library_warnings() -> None:
 def main() -> None:
     """Entry for `python -m eikd_edge` and `torchrun -m eikd_edge`."""
     quiet_library_warnings()
-    app()
+    app(prog_name="eikd-edge")

@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.segment import Segment
 
 
@@ -24,3 +25,9 @@ class _Console(Console):
 
 console = _Console()
 err_console = _Console(stderr=True)
+
+
+def print_command(label: str, command: str, out: Console | None = None) -> None:
+    """A command the user will copy, on one line that is never wrapped (a terminal folds it if it must, which
+    copies back as one line; Rich's wrapping would insert a newline mid-command)."""
+    (out or console).print(f"{escape(label)} {escape(command)}", soft_wrap=True, highlight=False)

@@ -27,6 +27,7 @@ from eikd_edge.export.formats import (
     BUILD_SCRIPT,
     CALIBRATION_CACHE,
     FORMATS,
+    TARGET_FILES,
     TIMING_CACHE,
     TRT_QDQ_ONNX,
     build_record_path,
@@ -53,6 +54,8 @@ EXPORT_FILES = frozenset(
     {f.file for f in FORMATS if f.exported}
     | {build_record_path(Path(f.file)).name for f in FORMATS if f.backend == "tensorrt"}
     | {"export.json", TRT_QDQ_ONNX, CALIBRATION_CACHE, TIMING_CACHE, BUILD_SCRIPT}
+    | set(TARGET_FILES)
+    | {name + ".refused" for name in TARGET_FILES}
 )
 SYNTHETIC_MANIFEST = "synthesis.json"
 _SYNTHETIC_IMAGE = re.compile(r"^synth_\d+\.png$")

@@ -1,10 +1,15 @@
 """One writer per run folder: an exclusive lock file that names its holder and dies with it.
 
 Two commands writing the same run folder at once leave a recipe from one run beside a student from the other.
-The lock is `flock` on RUN/.eikd-edge.lock, which the kernel releases when the holder exits however it exits
-(crash, SIGKILL, power loss), so a dead holder never blocks the next command; the file also records the holder's
-pid, host and command, so the refusal can say who holds it. Where the file system has no `flock` (some network
-mounts), the pid record alone decides: a holder on this host whose pid is gone is stale and is taken over.
+The lock is `filelock`'s native lock on RUN/.eikd-edge.lock (`flock` on Unix, `LockFileEx` on Windows), which the
+operating system releases when the holder exits however it exits (crash, SIGKILL, power loss), so a dead holder
+never blocks the next command. Once held, the file records the holder's pid, host and command (written through
+the lock's own descriptor, `on_acquired`), so the refusal can say who holds it; on release the file is unlinked
+while still held, so a waiter that opened the old file sees it is gone and opens the new one.
+
+filelock's own fallback for file systems without `flock` (some network mounts) is a soft marker in its own
+format, which would lose the command and start time from the refusal; there the pid record alone decides, as
+before: a holder on this host whose pid is gone is stale and is taken over.
 """
 
 from __future__ import annotations
@@ -14,17 +19,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from eikd_edge.errors import EikdError
+from filelock import FileLock, Timeout
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: the pid record alone
-    fcntl = None  # type: ignore[assignment]
+from eikd_edge.errors import EikdError
 
 LOCK_NAME = ".eikd-edge.lock"
 _NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
@@ -39,26 +41,28 @@ def run_lock(root: Path, command: str, create: bool = False) -> Iterator[Path]:
     """Hold the run folder's lock for the body; with `create`, make the folder, and remove it again if the
     command leaves it empty (a failed first run leaves nothing behind)."""
     root = Path(root)
-    created = False
+    created: list[Path] = []  # the folders this call made, deepest first (runs/new/sel, then runs/new)
     if not root.exists():
         if not create:
             raise EikdError(f"run folder not found: {root}")
+        created = [root, *(p for p in root.parents if not p.exists())]
         try:
             root.mkdir(parents=True)
         except OSError as exc:
             raise EikdError(f"cannot create {root}: {exc.strerror or exc}") from None
-        created = True
     elif not root.is_dir():
         raise EikdError(f"{root} is a file, not a folder")
     path = root / LOCK_NAME
-    fd = _acquire(path, root, command)
+    release = _acquire(path, root, command)
     try:
         yield path
     finally:
-        _release(fd, path)
-        if created:
-            with suppress(OSError):
-                root.rmdir()  # only when empty
+        release()
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty: a failed first run leaves no folder behind, parents included
+            except OSError:
+                break
 
 
 def holder(root: Path) -> dict[str, Any] | None:
@@ -66,38 +70,54 @@ def holder(root: Path) -> dict[str, Any] | None:
     return _read_record(Path(root) / LOCK_NAME)
 
 
-def _acquire(path: Path, root: Path, command: str) -> int:
-    for _ in range(50):  # another process may unlink the file between our open and our lock: open again
+def _acquire(path: Path, root: Path, command: str) -> Callable[[], None]:
+    """Take the lock without waiting; the returned function releases it (and removes the file)."""
+    for _ in range(50):  # the holder may unlink the file between our open and our lock: try the new file
+        held: list[os.stat_result] = []
+
+        def record(fd: int, held: list[os.stat_result] = held) -> None:  # on the held lock's own descriptor
+            _write_record(fd, command)
+            held.append(os.fstat(fd))
+
+        lock = FileLock(str(path), timeout=0, on_acquired=record, thread_local=False)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            lock.acquire()
+        except Timeout:
+            if not path.exists():
+                continue
+            raise RunLocked(_busy_message(root, _read_record(path))) from None
         except OSError as exc:
+            if exc.errno in _NO_FLOCK:
+                return _acquire_by_record(path, root, command)
             raise EikdError(f"cannot lock {root}: {exc.strerror or exc}") from None
-        try:
-            if not _flock(fd, path, root):
-                _refuse_if_alive(path, root)  # no flock here: the pid record decides
-            if _same_file(fd, path):
-                _write_record(fd, command)
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
+        return lambda: _release(lock, path, held[0] if held else None)
     raise EikdError(f"cannot lock {root}: its lock file keeps changing")
 
 
-def _flock(fd: int, path: Path, root: Path) -> bool:
-    """True once held; False where the file system cannot flock. A live holder is refused with its name."""
-    if fcntl is None:
-        return False
+def _release(lock: FileLock, path: Path, held: os.stat_result | None) -> None:
+    """Unlink while still holding the lock, then release: a waiter that opened the old file sees it is gone."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        raise RunLocked(_busy_message(root, _read_record(path))) from None
+        if held is not None and os.path.samestat(os.stat(path), held):
+            path.unlink()
+    except OSError:
+        pass
+    finally:
+        lock.release()
+
+
+def _acquire_by_record(path: Path, root: Path, command: str) -> Callable[[], None]:
+    """No flock on this file system: the pid record decides."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        if exc.errno in _NO_FLOCK:
-            return False
         raise EikdError(f"cannot lock {root}: {exc.strerror or exc}") from None
+    try:
+        _refuse_if_alive(path, root)
+        _write_record(fd, command)
+    except BaseException:
+        os.close(fd)
+        raise
+    return lambda: _release_record(fd, path)
 
 
 def _refuse_if_alive(path: Path, root: Path) -> None:
@@ -157,8 +177,7 @@ def pid_alive(pid: Any) -> bool:
     return True
 
 
-def _release(fd: int, path: Path) -> None:
-    """Unlink while still holding the lock, then close: a waiter that opened the old file sees it is gone."""
+def _release_record(fd: int, path: Path) -> None:
     try:
         if _same_file(fd, path):
             path.unlink()

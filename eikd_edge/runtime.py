@@ -101,6 +101,7 @@ class TensorRTPredictor:
         self.context = self.engine.create_execution_context()
         self.name, self.spec = name or Path(path).name, spec
         self.max_batch = int(record["max_shape"][0])
+        self.min_batch = int(record.get("min_shape", record["max_shape"])[0])  # a DLA engine has a static batch
         self.input_name = str(record.get("input_name", "images"))
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.output_name = next(n for n in names if n != self.input_name)
@@ -113,6 +114,9 @@ class TensorRTPredictor:
         stream = torch.cuda.current_stream()
         outputs = []
         for chunk in _chunks(_as_uint8(images), self.max_batch):
+            n = len(chunk)
+            if n < self.min_batch:  # pad to the static batch, keep the first n outputs
+                chunk = torch.cat([chunk, chunk[-1:].expand(self.min_batch - n, *chunk.shape[1:])])
             x = normalize(chunk.cuda(non_blocking=True), self.spec).to(self.in_dtype).contiguous()
             self.context.set_input_shape(self.input_name, tuple(x.shape))
             shape = tuple(self.context.get_tensor_shape(self.output_name))
@@ -121,7 +125,7 @@ class TensorRTPredictor:
             self.context.set_tensor_address(self.output_name, out.data_ptr())
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise EikdError(f"TensorRT failed to run {self.name}")
-            outputs.append(out)
+            outputs.append(out[:n])
         stream.synchronize()
         return torch.cat(outputs).float().cpu().numpy()
 

@@ -17,10 +17,12 @@ from eikd_edge.atomic import write_json_atomic
 from eikd_edge.checkpoint import StudentCheckpoint, load_student
 from eikd_edge.data import load_labeled_folder, normalize
 from eikd_edge.errors import EikdError
+from eikd_edge.export.agreement import wilson_interval
 from eikd_edge.export.fieldset import FieldImages, folder_images, run_field_images
 from eikd_edge.export.formats import FORMATS, get_format
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.tensorrt import unavailable_reason
+from eikd_edge.export.trt_checks import engine_failure_status
 from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
@@ -40,6 +42,7 @@ class Parity:
     passed: bool
     top1: float | None = None  # on --val labels, when given
     non_finite: int = 0  # images where this artifact or the student returned NaN or Inf
+    agree_ci95: tuple[float, float] | None = None  # Wilson interval of agree_student over n_images
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not (k == "top1" and v is None)}
@@ -98,7 +101,8 @@ def parity(logits: np.ndarray, ref: Reference, gate: float, top1: float | None =
     row is an arbitrary index, the same on both sides), so an artifact or student with such outputs fails."""
     finite = np.isfinite(logits).all(1) & np.isfinite(ref.student).all(1)
     top = logits.argmax(1)
-    agree = float(((top == ref.student.argmax(1)) & finite).mean())
+    same = (top == ref.student.argmax(1)) & finite
+    agree = float(same.mean())
     teacher = None
     if ref.teacher is not None:
         teacher = float(((top == ref.teacher.argmax(1)) & np.isfinite(logits).all(1)).mean())
@@ -113,6 +117,7 @@ def parity(logits: np.ndarray, ref: Reference, gate: float, top1: float | None =
         passed=agree >= gate,
         top1=top1,
         non_finite=int((~finite).sum()),
+        agree_ci95=tuple(round(b, 6) for b in wilson_interval(int(same.sum()), len(top))),  # type: ignore[arg-type]
     )
 
 
@@ -126,7 +131,9 @@ def gate_reason(result: Parity) -> str | None:
     """Why an artifact failed its gate, or None when it passed."""
     if result.passed:
         return None
-    why = f"top-1 agreement {result.agree_student:.4f} < gate {result.gate}"
+    why = f"top-1 agreement {result.agree_student:.4f} < gate {result.gate} on {result.n_images} images"
+    if result.agree_ci95 is not None:
+        why += f" (95% CI {result.agree_ci95[0]:.4f}-{result.agree_ci95[1]:.4f})"
     if result.non_finite:
         why += f" ({result.non_finite} of {result.n_images} outputs are NaN or Inf)"
     return why
@@ -239,8 +246,10 @@ def check_artifact(
         predictor = make_predictor(fmt, run.root, ckpt.spec, threads=threads)
         result = parity(predictor.predict_logits(ref.images.images), ref, gate, top1(predictor, ref))
     except Exception as exc:  # an artifact that cannot even run fails validation; it must not crash the others
-        status = "skipped" if fmt.backend == "tensorrt" and isinstance(exc, EikdError) else "failed"
         reason = str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        status = "failed"
+        if fmt.backend == "tensorrt" and isinstance(exc, EikdError):
+            status, reason = engine_failure_status(entry.get("target"), reason)
         return ArtifactCheck(name, fmt.precision, fmt.backend, status, reason, None)
     reason = gate_reason(result)
     return ArtifactCheck(name, fmt.precision, fmt.backend, status_for(result.to_dict()), reason, result)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates every command output pasted in README.md, on the bundled example, into OUT (default
+# Regenerates every command output pasted in README.md (each block that starts with `$ eikd-edge`, and the
+# report.md excerpt), on the bundled example, into OUT (default
 # readme-outputs/): one file per command, the command line first, its exit code last. Paste from there.
 #   bash scripts/readme_outputs.sh [OUT]
 set -uo pipefail
@@ -21,10 +22,10 @@ step() {  # name, then the command's arguments, run in a scratch folder holding 
     echo "wrote $out/$name.txt"
 }
 ex=examples/digits
-step 01-quickstart quickstart --out runs/quickstart
+step 01-quickstart quickstart
 step 02-inspect inspect $ex/teacher.pt
 step 03-select select -t $ex/teacher.pt -u $ex/field -o runs/sel
-step 04-select-novel select -t $ex/teacher.pt -u $ex/field -o runs/sel --novel --overwrite
+step 04-select-novel select -t $ex/teacher.pt -u $ex/field -o runs/novel --novel
 step 05-distill-again distill -t $ex/teacher.pt -u $ex/field --val $ex/val -o runs/quickstart
 step 06-export export runs/quickstart --onnx --int8 --trt --fp16 --target jetson-orin-nano
 step 07-validate validate runs/quickstart --val $ex/val

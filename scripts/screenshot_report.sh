@@ -21,8 +21,11 @@ trap 'rm -rf "$profile"' EXIT
 out="$(dirname "$html")/report.png"
 flags=(--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --disable-sync
   --no-first-run --hide-scrollbars --user-data-dir="$profile" --virtual-time-budget=5000)
-if [ -z "$height" ]; then  # the page's inline script records its own height once everything has loaded
-  height="$("$browser" "${flags[@]}" --window-size="${width},1000" --dump-dom "file://$html" 2>/dev/null \
+if [ -z "$height" ]; then  # measure the page: a copy of it records its own height once everything has loaded
+  probe="$profile/probe.html"
+  sed 's|</body>|<script>addEventListener("load",function(){document.body.dataset.pageHeight=document.documentElement.scrollHeight})</script></body>|' \
+    "$html" >"$probe"
+  height="$("$browser" "${flags[@]}" --window-size="${width},1000" --dump-dom "file://$probe" 2>/dev/null \
     | grep -o 'data-page-height="[0-9]*"' | grep -o '[0-9]\+' || true)"
   height="${height:-4000}"
 fi

@@ -79,3 +79,39 @@ def script_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_torchscript(tiny_classifier(), path)
     write_sidecar(path)
     return path
+
+
+_CACHES = ("__pycache__/", ".pytest_cache/", ".ruff_cache/", ".egg-info/")
+
+
+def _untracked(root: Path) -> set[str] | None:
+    """Untracked and ignored files and folders in the repository, caches aside (an ignored folder such as runs/ is
+    one entry, so this stays cheap); None outside a git checkout: nothing to compare."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--ignored=matching"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    entries = {line[3:] for line in done.stdout.splitlines() if line.startswith(("??", "!!"))}
+    return {entry for entry in entries if not any(cache in entry for cache in _CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_write_only_to_temporary_folders() -> object:
+    """The suite must leave the repository as it found it: a command run without -o/--out writes runs/ into the
+    working directory, which is the checkout. Checked once per session (one `git status` at each end)."""
+    root = Path(__file__).resolve().parents[1]
+    before = _untracked(root)
+    yield
+    after = _untracked(root)
+    if before is not None and after is not None and after - before:
+        pytest.fail(f"the tests left files in the repository: {', '.join(sorted(after - before)[:5])}", False)

@@ -70,7 +70,7 @@ def test_distill_reports_agreement_on_the_fixed_slice_and_both_epochs(
     text = " ".join(result.stdout.split())  # the summary wraps at the console's width
     assert "agreement with teacher (fixed slice)" in text and "on 30 field images no method trains on" in text
     assert "diagnostic only" in text and "train.keep=best" in text
-    assert text.endswith(f"next: eikd-edge export {out} --onnx --int8 then eikd-edge validate {out}")
+    assert text.endswith(f"next: eikd-edge export {out} --onnx --int8 then: eikd-edge validate {out}")
     metrics = json.loads((out / "metrics.json").read_text())
     agreement = metrics["agreement"]
     assert agreement["on"] == "fixed field slice" and agreement["size"] == 30

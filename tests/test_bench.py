@@ -48,7 +48,7 @@ def test_every_model_gets_sane_complete_statistics(measured: BenchResult) -> Non
         assert row.device_ms is None  # CUDA-event compute time exists only for torch on a GPU
     onnx = next(r for r in ok if r.model == "onnx")
     assert onnx.agree_student == 1.0 and 0.0 <= onnx.agree_teacher <= 1.0  # from export.json parity
-    assert measured.images == {"source": "holdout", "n": 4, "tiled_to_batch": True}
+    assert measured.images == {"source": "field pool (gate split)", "n": 4, "tiled_to_batch": True}
     assert measured.machine["cpu_count"] >= 1 and measured.machine["torch"]
 
 
@@ -99,7 +99,7 @@ def test_latency_stats_are_percentiles_in_ms() -> None:
 
 def test_bench_cli_prints_the_table(onnx_run: FixtureRun) -> None:
     args = ["bench", str(onnx_run.root), "--batch", "1,2", "--backends", "torch,ort,trt", "--iters", "5"]
-    result = runner.invoke(app, [*args, "--warmup", "1", "--threads", "1", "--no-teacher"], terminal_width=160)
+    result = runner.invoke(app, [*args, "--warmup", "1", "--threads", "1", "--without-teacher"], terminal_width=160)
     assert result.exit_code == 0, result.output
     for text in ("p50", "p99", "img/s", "agree T", "pytorch", "onnx", "skipped", "bench.json"):  # 80 columns
         assert text in result.output

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from eikd_edge.checkpoint import load_student
 from eikd_edge.cli import app
-from eikd_edge.export.fieldset import calibration_entries, read_manifest, stratified
+from eikd_edge.export.fieldset import calibration_entries, parity_entries, read_manifest, stratified
 from eikd_edge.export.quantize import CANDIDATES
 from eikd_edge.runtime import OnnxPredictor, TorchPredictor
 
@@ -60,15 +60,19 @@ def test_every_candidate_and_the_choice_are_recorded(int8_run: FixtureRun) -> No
     passing = [c for c in candidates if c["passed"]]
     assert passing, "no INT8 candidate passed the gate on the fixture"
     assert quant["chosen"] == min(passing, key=lambda c: c["latency_ms_batch"])
-    assert quant["fp32"]["latency_ms_b1"] > 0 and quant["calibration_images"] == 27  # the selected train split
+    assert quant["fp32"]["latency_ms_b1"] > 0 and quant["calibration_images"] == 10  # the pool's tuning quarter
 
 
-def test_calibration_uses_selected_train_images_stratified(int8_run: FixtureRun) -> None:
+def test_calibration_and_gate_images_never_overlap(int8_run: FixtureRun) -> None:
+    """Calibration and sensitivity tune on the pool's tuning quarter; the gate grades on the rest, selected or not."""
     _, entries = read_manifest(int8_run.run)
-    chosen = calibration_entries(entries, limit=10)
-    assert all(e["selected"] and e["split"] == "train" for e in chosen)
-    classes = {e["predicted"] for e in chosen}
-    assert len(classes) == min(10, len({e["predicted"] for e in entries if e["split"] == "train"}))
+    chosen = calibration_entries(entries, limit=6)
+    graded, _ = parity_entries(entries, limit=1000)
+    assert len(chosen) == 6 and len(graded) == 38 and len(calibration_entries(entries, 1000)) == 10
+    assert not {e["path"] for e in calibration_entries(entries, 1000)} & {e["path"] for e in graded}
+    assert any(not e["selected"] for e in graded) and any(e["selected"] for e in graded)
+    tuning = calibration_entries(entries, 1000)
+    assert len({e["predicted"] for e in chosen}) == min(6, len({e["predicted"] for e in tuning}))  # stratified
 
 
 def test_stratified_round_robin_keeps_rare_classes() -> None:

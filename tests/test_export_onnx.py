@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from eikd_edge.checkpoint import StudentCheckpoint, load_student, save_student
 from eikd_edge.cli import app
-from eikd_edge.export.onnx import export_onnx, read_metadata
+from eikd_edge.errors import EikdError
+from eikd_edge.export.onnx import Parsable, export_onnx, read_metadata
 from eikd_edge.export.pipeline import ExportRequest, export_run
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.zoo import build_model
@@ -97,6 +98,17 @@ def onnx_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[FixtureRun, obje
     return run, result
 
 
+def test_dynamo_fallback_that_raises_the_opset_is_refused_for_the_target(tmp_path: Path) -> None:
+    """The dynamo exporter cannot emit opset 17 (it writes 18, IR 10): TensorRT 8.5 could not parse the file."""
+    ckpt = _checkpoint(tmp_path, "cifar_resnet8", 32, width=0.5)
+    limits = Parsable("jetson-orin-nano", 17, 8)
+    with pytest.raises(EikdError, match=r"^the exported ONNX has opset 18 \(the dynamo exporter raised it from the "):
+        export_onnx(ckpt, tmp_path / "student.onnx", opset=17, exporter="dynamo", limits=limits)
+    assert not (tmp_path / "student.onnx").exists()
+    built = export_onnx(ckpt, tmp_path / "student.onnx", opset=17, exporter="torchscript", limits=limits)
+    assert built.opset == 17
+
+
 def test_export_onnx_cli_writes_the_record_contract(onnx_run: tuple[FixtureRun, object]) -> None:
     run, result = onnx_run
     assert result.exit_code == 0, result.output
@@ -119,7 +131,7 @@ def test_export_onnx_cli_writes_the_record_contract(onnx_run: tuple[FixtureRun, 
         "passed",
     }
     assert keys <= set(parity)
-    assert parity["agree_student"] == 1.0 and parity["passed"] and parity["n_images"] == 13  # the holdout slice
+    assert parity["agree_student"] == 1.0 and parity["passed"] and parity["n_images"] == 38  # the pool's gate split
     assert parity["max_abs_dlogit"] < 1e-4 and 0.0 <= parity["agree_teacher"] <= 1.0
 
 

@@ -57,14 +57,13 @@ def test_build_record_must_be_complete() -> None:
 
 def test_build_script_shapes_precisions_and_dla() -> None:
     target = load_target("jetson-agx-orin")
-    text = build_script(
-        target, ["fp32", "fp16"], (3, 64, 48), {"fp32": "student.engine", "fp16": "student.fp16.engine"}, None
-    )
-    assert "--minShapes=images:1x3x64x48 --optShapes=images:16x3x64x48 --maxShapes=images:64x3x64x48" in text
-    fp32_line = next(line for line in text.splitlines() if "--saveEngine=student.engine" in line)
-    fp16_line = next(line for line in text.splitlines() if "--saveEngine=student.fp16.engine" in line)
-    assert "--fp16" not in fp32_line and "--useDLACore" not in fp32_line  # DLA runs fp16/int8 only
-    assert "--fp16" in fp16_line and "--useDLACore=0 --allowGPUFallback" in fp16_line
+    engines = {"fp32": "student.engine", "fp16": "student.fp16.engine"}
+    text = build_script(target, ["fp32", "fp16"], (3, 64, 48), engines)
+    # fp32 runs on the GPU with the dynamic batch profile; fp16 on the DLA with a static batch (DLA has no dynamic dims)
+    assert "build student.engine fp32 student.onnx none 1x3x64x48 16x3x64x48 64x3x64x48\n" in text
+    dla = "0 16x3x64x48 16x3x64x48 16x3x64x48"
+    assert f"build student.fp16.engine fp16 student.onnx {dla} --fp16 --useDLACore=0 --allowGPUFallback" in text
+    assert f"build student.fp16.engine fp16 student.fp16.trt.onnx {dla} --useDLACore=0 --allowGPUFallback" in text
     assert "--memPoolSize=workspace:4096" in text and "--timingCacheFile=timing.cache" in text
 
 
@@ -84,11 +83,13 @@ def test_without_tensorrt_a_ready_build_script_is_written(script_run: tuple[Fixt
     script = run.run.export_dir / "build_engine.sh"
     assert os.access(script, os.X_OK)
     text = script.read_text()
-    assert "--minShapes=images:1x3x32x32 --optShapes=images:8x3x32x32 --maxShapes=images:32x3x32x32" in text
-    assert "--onnx=student.onnx" in text and "--fp16" in text and "--saveEngine=student.fp16.engine" in text
-    assert "--onnx=student.int8.trt.onnx" in text and "--int8" in text and "--saveEngine=student.int8.engine" in text
+    assert "1x3x32x32 8x3x32x32 32x3x32x32" in text and "--saveEngine=" in text
+    assert "build student.fp16.engine fp16 student.onnx none 1x3x32x32 8x3x32x32 32x3x32x32 --fp16" in text
+    assert "build student.int8.engine int8 student.int8.trt.onnx none 1x3x32x32 8x3x32x32 32x3x32x32" in text
     assert "--memPoolSize=workspace:1024" in text and "--timingCacheFile=timing.cache" in text
     assert "--useDLACore" not in text  # the Orin Nano has no DLA
+    for name in ("eikd_device.py", "student.fp16.trt.onnx", "parity.images.npy", "parity.reference.npy"):
+        assert (run.run.export_dir / name).is_file(), name
     if shutil.which("bash"):
         assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
 

@@ -384,7 +384,8 @@ def test_all_bad_folder_is_one_error_line(tmp_path: Path, script_teacher: Path) 
 def test_empty_folder_is_one_error_line(tmp_path: Path, script_teacher: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    result = runner.invoke(app, ["select", "-t", str(script_teacher), "-u", str(tmp_path / "empty")])
+    args = ["select", "-t", str(script_teacher), "-u", str(tmp_path / "empty"), "-o", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1

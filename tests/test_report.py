@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
@@ -15,11 +14,15 @@ from typer.testing import CliRunner
 
 from eikd_edge.cli import app
 from eikd_edge.report import Report
-from eikd_edge.report.model import SECTIONS
+from eikd_edge.report.confusion import Confusion
+from eikd_edge.report.model import SECTIONS, TrainingSection
+from eikd_edge.report.render_html import render_html
+from eikd_edge.report.render_markdown import render_markdown
 
 runner = CliRunner()
 FAST = ["train.epochs=2", "train.batch_size=16", "student.width=0.5", "selection.batch_size=64"]
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = next((Path(p) for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits"
 
 
 def _ok(args: list[str]) -> str:
@@ -86,15 +89,17 @@ def test_report_json_is_a_validated_superset_of_metrics(reported: tuple[Path, st
 
 
 def test_html_is_self_contained(reported: tuple[Path, str]) -> None:
+    """Plots are inline SVG (sharp at any zoom), the page references nothing outside itself and runs no script."""
     run, _ = reported
     html = (run / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.IGNORECASE)
-    assert "http://" not in html and "https://" not in html
-    sources = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", html)
-    assert len(sources) == len(re.findall(r"<img\b", html)) >= 6  # histogram, curves, Pareto, 2 confusions, thumbs
-    for src in sources:
-        assert src.startswith("data:image/png;base64,")
-        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert "<img" not in html and "data:" not in re.sub(r"<image [^>]*>", "", html)  # thumbnails: inside the SVG
+    svgs = re.findall(r"<figure[^>]*><svg\b.*?</svg>", html, re.S)
+    assert len(svgs) >= 6  # histogram, curves, Pareto, 2 confusions, thumbnails
+    for svg in svgs:
+        assert "<path" in svg and 'viewBox="' in svg
+    assert len(set(re.findall(r'\bid="([^"]+)"', html))) == len(re.findall(r'\bid="([^"]+)"', html))  # no clashes
 
 
 def test_report_on_a_bare_run_still_has_every_section(run: Path, tmp_path: Path) -> None:
@@ -184,9 +189,9 @@ def test_novel_section_appears_only_with_a_novel_entry(tmp_path_factory: pytest.
     assert meta.sub("", markdown.replace(novel_block, "")) == meta.sub("", plain_md)
     assert '<section id="novel"><h2>Novel field samples</h2>' in html and '<a href="#novel">' in html
     assert "<td>0.812</td>" in html and '<td class="l">7</td>' in html
-    figure = re.search(r'<img alt="(Examples per novel-sample cluster[^"]*)" src="data:image/png;base64,', html)
+    figure = re.search(r'<figure role="img" aria-label="(Examples per novel-sample cluster[^"]*)"><svg', html)
     assert figure and "(1 image(s) missing from the pool)" in figure.group(1)
-    assert html.count("<img") == plain_html.count("<img") + 1
+    assert html.count("<svg") == plain_html.count("<svg") + 1
     report = Report.model_validate_json((root / "report.json").read_text())
     assert report.novel is not None and report.novel.model_dump() == NOVEL
     assert list(report.sections).index("novel") == list(report.sections).index("selection") + 1
@@ -202,35 +207,258 @@ def test_missing_run_folder_is_one_line_exit_1(tmp_path: Path) -> None:
     assert "run folder not found" in result.output and len(result.output.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
-def test_html_renders_in_headless_chromium(reported: tuple[Path, str], tmp_path: Path) -> None:
-    """Every image decodes in a real browser and the page logs no console error, loaded from disk, offline."""
+def test_report_on_a_selection_only_folder_shows_cluster_thumbnails(tmp_path: Path, digit_images: Path) -> None:
+    """`select --novel` promises that `report RUN` shows thumbnails of each cluster: it does, without a student."""
+    out = tmp_path / "sel"
+    select = ["select", "-t", str(EXAMPLE / "teacher.pt"), "-u", str(digit_images), "-o", str(out), "--novel"]
+    assert "eikd-edge report RUN` shows thumbnails" in " ".join(_ok([*select, "--novel-clusters", "2"]).split())
+    output = _ok(["report", str(out)])
+    assert "Traceback" not in output and "no student.pt" in output
+    report = Report.model_validate_json((out / "report.json").read_text())
+    assert report.selection is not None and report.novel is not None and report.novel.clusters
+    assert report.training is None and report.bench is None and report.confusion is None
+    assert [r.model for r in report.headline.compression] == ["teacher"] and report.headline.quality == []
+    html = (out / "report.html").read_text()
+    assert 'aria-label="Examples per novel-sample cluster' in html and "<image " in html.split('id="novel"')[1]
+    assert 'aria-label="Selection per class' in html and 'id="images"' in html
+    assert sum("not validated" in n or "no benchmark" in n for n in report.notes) == 0  # one note, not one per stage
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(digit_images: Path) -> None:
+    before = sorted(p.name for p in digit_images.iterdir())
+    result = runner.invoke(app, ["report", str(digit_images)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "not a run folder" in result.output
+    assert sorted(p.name for p in digit_images.iterdir()) == before
+
+
+def _report(run: Path) -> Report:
+    return Report.model_validate_json((run / "report.json").read_text())
+
+
+def _overlap(a: object, b: object) -> float:
+    """Area shared by two matplotlib Bbox extents (display units)."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)  # type: ignore[attr-defined]
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)  # type: ignore[attr-defined]
+    return max(width, 0) * max(height, 0)
+
+
+def _drawn(fig: object) -> object:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_selection_chart_legend_clear_of_the_bars_and_fair_share_in_the_table(reported: tuple[Path, str]) -> None:
+    from eikd_edge.report.plots import selection_histogram
+
     run, _ = reported
-    shot = tmp_path / "report.png"
-    flags = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=5000",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--window-size=1280,2000",
-    ]
-    url = (run / "report.html").resolve().as_uri()
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    report = _report(run)
+    sel = report.selection
+    assert sel is not None and sel.fair_share == 6  # 60 selected over 10 classes
+    fig = selection_histogram(sel)
+    renderer = _drawn(fig)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() and ax.get_ylabel()
+    (legend,) = fig.legends
+    assert _overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer)) == 0
+    assert not ax.get_legend()
+    markdown = (run / "report.md").read_text()
+    assert "| class | candidates | fair share | quota | selected | deficit |" in markdown
+    for c in sel.classes:  # the deficit is measured against the fair share the table shows
+        assert c.deficit == max(0, sel.fair_share - c.candidates)
+        assert f"| {c.name} | {c.candidates} | 6 | {c.quota} | {c.selected} | {c.deficit} |" in markdown
+
+
+def test_training_curves_give_each_loss_term_its_own_scale() -> None:
+    """KD falling 18 -> 4 beside feature ~0.05 and relation ~0.08: every term fills its own panel; same epoch ticks."""
+    from eikd_edge.report.plots import training_curves
+
+    kd = [18.0, 11.0, 7.0, 5.0, 4.0]
+    history = [
+        {"epoch": e + 1, "loss": {"kd": kd[e], "feature": 0.05 + 0.002 * e, "relation": 0.08 - 0.003 * e},
+         "agreement": 0.5 + 0.1 * e, "val_top1": None}
+        for e in range(5)
+    ]  # fmt: skip
+    fig = training_curves(TrainingSection(method="eikd", summary={}, best_epoch=5, history=history))
+    _drawn(fig)
+    loss_axes = {ax.get_title(): ax for ax in fig.axes if "loss" in ax.get_title()}
+    assert set(loss_axes) == {"KD loss", "feature loss", "relation loss"}
+    for title, values in (("KD loss", kd), ("feature loss", [h["loss"]["feature"] for h in history])):
+        low, high = loss_axes[title].get_ylim()
+        assert (max(values) - min(values)) / (high - low) > 0.5, title  # the curve spans most of its panel
+    visible = [ax for ax in fig.axes if ax.axison]
+    ticks = {tuple(ax.get_xticks()) for ax in visible}
+    assert len(visible) == 4 and len(ticks) == 1 and all(float(t).is_integer() for t in ticks.pop())
+    for ax in visible:
+        assert not ax.get_legend()
+
+
+def test_confusion_colour_bar_counts_are_whole_numbers() -> None:
+    from eikd_edge.report.plots import confusion_plot
+
+    matrix = Confusion(
+        title="Student vs teacher", reference="teacher", images="6 field images",
+        classes=["a", "b", "c"], counts=[[3, 0, 0], [1, 1, 0], [0, 0, 1]], n=6, agreement=5 / 6,
+    )  # fmt: skip
+    fig = confusion_plot(matrix)
+    _drawn(fig)
+    colour_bar = next(ax for ax in fig.axes if ax.get_ylabel() == "images")
+    ticks = [t for t in colour_bar.get_yticks() if 0 <= t <= 3]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+
+
+def _failed_onnx(run: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose latest validation failed the ONNX artifact's gate."""
+    copy = tmp_path / "failed"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report.*"))
+    validated = json.loads((copy / "validate.json").read_text())
+    validated["artifacts"]["onnx"]["status"] = "failed_gate"
+    validated["artifacts"]["onnx"]["parity"]["passed"] = False
+    validated["passed"] = False
+    (copy / "validate.json").write_text(json.dumps(validated))
+    return copy
+
+
+def test_failed_artifact_is_never_ok_and_is_drawn_apart(run: Path, tmp_path: Path) -> None:
+    from eikd_edge.report.plots import pareto_chart
+
+    failed = _failed_onnx(run, tmp_path)
+    _ok(["report", str(failed), "--no-confusion"])
+    markdown = (failed / "report.md").read_text()
+    bench = markdown[markdown.index("## Benchmark") : markdown.index("## Confusion")]
+    onnx_rows = [line for line in bench.splitlines() if line.startswith("| ort | onnx |")]
+    assert len(onnx_rows) == 2 and all(row.endswith("| failed gate |") for row in onnx_rows)
+    assert "onnx: failed its validation gate" in bench
+    html = (failed / "report.html").read_text()
+    assert '<td class="l fail">failed gate</td>' in html
+    fig = pareto_chart(_report(failed))
+    assert fig is not None
+    _drawn(fig)
+    (ax,) = fig.axes
+    assert not ax.texts  # points are named in the legend: no free labels to overlap
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    onnx = next(c for c in ax.collections if c.get_label().startswith("onnx"))
+    assert "FAILED gate" in onnx.get_label() and not onnx.get_facecolors()[:, 3].any()  # hollow
+    front = next(line for line in ax.lines if line.get_label().startswith("Pareto front"))
+    assert any(label.startswith("Pareto front") for label in labels)
+    assert onnx.get_offsets()[0][0] not in list(front.get_xdata())  # a failed artifact is never on the front
+
+
+def test_one_point_front_has_a_visible_legend_entry(reported: tuple[Path, str]) -> None:
+    from eikd_edge.report.plots import pareto_chart
+
+    run, _ = reported
+    fig = pareto_chart(_report(run))
+    assert fig is not None
+    renderer = _drawn(fig)
+    (ax,) = fig.axes
+    (legend,) = fig.legends
+    assert _overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer)) == 0 and not ax.texts
+    labels = [t.get_text() for t in legend.get_texts()]
+    front = legend.legend_handles[next(i for i, label in enumerate(labels) if label.startswith("Pareto front"))]
+    assert front.get_marker() not in (None, "", "None", " ")  # one point: a line alone would draw nothing
+    assert all("n=5: latency unreliable" in label for label in labels if not label.startswith("Pareto"))
+
+
+def test_speedups_from_too_few_iterations_are_not_headlined(run: Path, tmp_path: Path) -> None:
+    """A real bench of one timed call per row: no speed-up figure, no `± 0.000`, "n=1" instead."""
+    once = tmp_path / "once"
+    shutil.copytree(run, once, ignore=shutil.ignore_patterns("report.*"))
+    _ok(["bench", str(once), "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1"])
+    output = _ok(["report", str(once), "--no-confusion"])
+    markdown = (once / "report.md").read_text()
+    speed = markdown[markdown.index("### Speed-up") : markdown.index("### Agreement")]
+    rows = [line for line in speed.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows and all(row.endswith("| 1 | unreliable |") is False for row in rows)
+    assert all(row.split("|")[5].strip() == "1" and row.rstrip(" |").endswith("unreliable") for row in rows)
+    assert "×" not in "".join(rows) and "unreliable: fewer than 10 timed iterations" in speed
+    bench = [line for line in markdown.split("## Benchmark")[1].splitlines() if line.startswith("| torch |")]
+    assert "unreliable" in output and "± 0.000" not in markdown and bench
+    assert all(" ± " not in row and "(n=1)" in row for row in bench)
+    report = _report(once)
+    assert report.headline.speed and not any(r.reliable for r in report.headline.speed)
+
+
+def test_reliable_speedups_are_headlined(reported: tuple[Path, str]) -> None:
+    run, _ = reported
+    report = _report(run).model_copy(deep=True)
+    for row in report.headline.speed:
+        row.iters, row.reliable = 200, True
+    markdown = render_markdown(report)
+    speed = markdown[markdown.index("### Speed-up") : markdown.index("### Agreement")]
+    assert "unreliable" not in speed and "| 1.00× |" in speed
+
+
+def test_thumbnail_captions_are_explained(reported: tuple[Path, str]) -> None:
+    run, _ = reported
+    html = render_html(_report(run))
+    images = html[html.index('<section id="images">') :]
+    assert "the class the teacher predicts and its confidence" in images
+    assert re.search(r">class \d</tspan>|>class \d<", images) and re.search(r"conf 0\.\d\d", images)
+    assert "(class " in (run / "report.md").read_text() and "teacher confidence 0." in (run / "report.md").read_text()
+
+
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var width = document.documentElement.clientWidth, out = {figures: [], overflow: [], overlaps: []};
+  document.querySelectorAll("figure").forEach(function (f) {
+    var svg = f.querySelector("svg"), box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+    out.figures.push({label: f.getAttribute("aria-label"), w: box.width, h: box.height,
+                      paths: svg ? svg.querySelectorAll("path").length : 0});
+    if (!svg) return;
+    var legends = svg.querySelectorAll('[id$="-legend"]'), axes = svg.querySelectorAll('[id*="-axes"]');
+    legends.forEach(function (l) { var a = l.getBoundingClientRect();
+      axes.forEach(function (x) { var b = x.getBoundingClientRect();
+        var w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+        var h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+        if (w > 1 && h > 1) out.overlaps.push(l.id + " over " + x.id); }); });
+  });
+  document.querySelectorAll("body *").forEach(function (e) {
+    if (e.closest(".wide") || e.closest("svg") && e.tagName.toLowerCase() !== "svg") return;
+    if (e.getBoundingClientRect().right > width + 1) out.overflow.push(e.tagName + "." + e.className);
+  });
+  out.scrollWidth = document.documentElement.scrollWidth; out.width = width;
+  var pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--enable-logging=stderr",
+             "--v=0"]  # fmt: skip
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on PATH: apt-get install chromium (.ci/run installs it where it may)"
+)
+@pytest.mark.parametrize("width", [1280, 800])
+def test_html_renders_in_headless_chromium(reported: tuple[Path, str], tmp_path: Path, width: int) -> None:
+    """In a real browser, offline: a screenshot is taken, every plot draws (an SVG with paths, rendered size > 0),
+    no legend sits on a plot's axes, nothing is wider than the window, and the page logs nothing."""
+    run, _ = reported
+    page = tmp_path / "report.html"
+    page.write_text((run / "report.html").read_text().replace("</body>", PROBE + "</body>"))
+    dom = _chromium(f"--window-size={width},2000", "--dump-dom", page.as_uri(), profile=tmp_path / "profile")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    body = re.search(r"<body[^>]*>", dom.stdout)
-    assert body and 'data-images-loaded="true"' in body.group(0), body
-    total = re.search(r'data-images-total="(\d+)"', body.group(0))
-    assert total and int(total.group(1)) >= 6
-    snap = subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
-    assert snap.returncode == 0 and shot.stat().st_size > 10_000, snap.stderr[-2000:]
+    probe = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert probe, dom.stdout[-2000:]
+    found = json.loads(probe.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert len(found["figures"]) >= 6
+    for fig in found["figures"]:
+        assert fig["w"] > 100 and fig["h"] > 50 and fig["paths"] > 0, fig
+    assert found["overlaps"] == [] and found["overflow"] == [] and found["scrollWidth"] <= found["width"], found
+    shot = tmp_path / "report.png"
+    snap = _chromium(f"--window-size={width},4000", f"--screenshot={shot}", (run / "report.html").as_uri(),
+                     profile=tmp_path / "profile2")  # fmt: skip
+    assert snap.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", snap.stderr[-2000:]
+    assert shot.stat().st_size > 10_000
     for log in (dom.stderr, snap.stderr):  # the page logs nothing: any console line (error or not) is a finding
         assert "Uncaught" not in log and ":CONSOLE" not in log, log[-2000:]

@@ -183,6 +183,16 @@ def test_a_failed_select_or_distill_leaves_no_folder_behind(
     result = runner.invoke(app, [*_distill(script_teacher, digit_images, out), "--val", str(val)])
     assert result.exit_code == 1 and "not teacher classes" in result.output
     assert not out.exists()  # the pool was scored and selection.json written, then all of it removed
+    assert not out.parent.exists()  # nor the parent folder it created
+
+
+def test_a_failed_select_removes_every_folder_it_created(tmp_path: Path, script_teacher: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "a" / "b" / "sel"
+    result = runner.invoke(app, ["select", "-t", str(script_teacher), "-u", str(empty), "-o", str(out)])
+    assert result.exit_code == 1 and "no images found" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 # --- item 7: one writer at a time ------------------------------------------------------------------------------------
@@ -335,7 +345,7 @@ def test_selection_records_an_absolute_root_usable_from_anywhere(
     monkeypatch.chdir(elsewhere)
     spec = InputSpec.from_dict(SPEC)
     images = run_field_images(RunPaths(work / "sel"), spec, "parity", 8)
-    assert len(images) == 6 and images.source == "holdout"  # all of the holdout slice, decoded from here
+    assert len(images) == 8 and images.source == "field pool (gate split)"  # decoded from here
 
 
 @pytest.fixture()

@@ -42,9 +42,9 @@ def _copy(run: FixtureRun, tmp_path_factory: pytest.TempPathFactory, name: str) 
 def test_validate_passes_the_gate_on_good_artifacts(exported: FixtureRun) -> None:
     result = runner.invoke(app, ["validate", str(exported.root), "--threads", "1"], terminal_width=120)
     assert result.exit_code == 0, result.output
-    assert "onnx-int8" in result.output and "holdout" in result.output
+    assert "onnx-int8" in result.output and "gate split" in result.output
     report = json.loads((exported.root / "validate.json").read_text())
-    assert report["passed"] and report["images"] == {"source": "holdout", "n": 13, "skipped": 0}
+    assert report["passed"] and report["images"] == {"source": "field pool (gate split)", "n": 38, "skipped": 0}
     assert set(report["artifacts"]) == {"onnx", "onnx-int8"}
     assert 0.0 <= report["student"]["agree_teacher"] <= 1.0
     record = json.loads(exported.run.export_record.read_text())

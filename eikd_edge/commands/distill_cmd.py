@@ -6,26 +6,28 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from eikd_edge.commands.options import (
     Classes,
+    Device,
     InputSize,
     Mean,
+    Overrides,
     Std,
     TeacherArch,
     TeacherPath,
     TrustPickle,
     spec_overrides,
 )
-from eikd_edge.commands.summary import next_line, print_distill_summary, print_novel_summary, print_selection_summary
-from eikd_edge.config import load_recipe
-from eikd_edge.console import console
-from eikd_edge.distill import DistillInputs, check_inputs, distill, run_selection, write_resolved
+from eikd_edge.console import print_command
 from eikd_edge.errors import EikdError
-from eikd_edge.novel import NovelConfig
-from eikd_edge.run import RunPaths
-from eikd_edge.runfolder import Replacement, existing_run_message, folder_state, refuse_foreign, writing_run
+
+# Defaults that come from the recipe, as `--help` shows them (tests/test_help.py checks them against Recipe()).
+DEFAULT_METHOD = "eikd"
+DEFAULT_SAMPLER = "top"
+DEFAULT_RELATION = "kl"
+DEFAULT_CURRICULUM = "none"
+DEFAULT_STUDENT = "cifar_resnet8"
 
 Unlabeled = Annotated[Path, typer.Option("--unlabeled", "-u", help="Folder of unlabeled field images (recursive).")]
 MaybeUnlabeled = Annotated[
@@ -34,11 +36,17 @@ MaybeUnlabeled = Annotated[
 ]
 Sampler = Annotated[
     str | None,
-    typer.Option("--select", help="top: class-balanced top-scored (EIKD) | odsd: sampled by closeness (ODSD)."),
+    typer.Option(
+        "--select",
+        metavar="top|odsd",
+        help="top: class-balanced top-scored (EIKD) | odsd: sampled by closeness (ODSD).",
+        show_default=DEFAULT_SAMPLER,
+    ),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")]
-RecipeFile = Annotated[Path | None, typer.Option("--recipe", help="Recipe YAML (see recipes/).")]
-Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe setting: key=value, repeatable.")]
+RecipeFile = Annotated[
+    Path | None, typer.Option("--recipe", help="Recipe YAML (see recipes/).", show_default="recipes/default.yaml")
+]
 
 
 def select_command(
@@ -63,6 +71,13 @@ def select_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
 ) -> None:
     """Score the field images with the teacher and show what it finds (writes selection.json)."""
+    from eikd_edge.commands.summary import print_novel_summary, print_selection_summary
+    from eikd_edge.config import load_recipe
+    from eikd_edge.distill import DistillInputs, check_inputs, run_selection, write_resolved
+    from eikd_edge.novel import NovelConfig
+    from eikd_edge.run import RunPaths
+    from eikd_edge.runfolder import Replacement, existing_run_message, folder_state, refuse_foreign, writing_run
+
     settings = load_recipe(recipe, [*(overrides or []), *([f"selection.sampler={sampler}"] if sampler else [])])
     inputs = DistillInputs(
         teacher, unlabeled, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
@@ -89,28 +104,68 @@ def distill_command(
     teacher: TeacherPath,
     unlabeled: MaybeUnlabeled = None,
     out: Out = Path("runs/exp1"),
-    student: Annotated[str | None, typer.Option("--student", help="Student architecture (`eikd-edge models`).")] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            "--student", metavar="ARCH", help="Student architecture (`eikd-edge models`).", show_default=DEFAULT_STUDENT
+        ),
+    ] = None,
     val: Annotated[Path | None, typer.Option("--val", help="Labeled ImageFolder for true top-1.")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="eikd | kd | random | dfnd")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            metavar="eikd|kd|random|dfnd",
+            help="The distillation method (docs/methods.md).",
+            show_default=DEFAULT_METHOD,
+        ),
+    ] = None,
     sampler: Sampler = None,
     relation: Annotated[
-        str | None, typer.Option("--relation", help="kl: EIKD relation matrix | contrastive: ODSD denoised.")
+        str | None,
+        typer.Option(
+            "--relation",
+            metavar="kl|contrastive",
+            help="kl: EIKD relation matrix | contrastive: ODSD denoised.",
+            show_default=DEFAULT_RELATION,
+        ),
     ] = None,
     curriculum: Annotated[
-        str | None, typer.Option("--curriculum", help="none | selfpaced: CuDFKD easy-to-hard sample weights.")
+        str | None,
+        typer.Option(
+            "--curriculum",
+            metavar="none|selfpaced",
+            help="none | selfpaced: CuDFKD easy-to-hard sample weights.",
+            show_default=DEFAULT_CURRICULUM,
+        ),
     ] = None,
     synthesize_count: Annotated[
         int | None,
-        typer.Option("--synthesize", min=0, help="Synthesise N images from the teacher and add them to the pool."),
+        typer.Option(
+            "--synthesize",
+            min=0,
+            metavar="N",
+            help="Synthesise N images from the teacher and add them to the pool.",
+            show_default="0",
+        ),
     ] = None,
     epochs: Annotated[
         int | None,
-        typer.Option("--epochs", min=1, help="Passes over the training images (default: from the pool size)."),
+        typer.Option(
+            "--epochs",
+            min=1,
+            metavar="N",
+            help="Passes over the training images.",
+            show_default="30, at least 500 steps",
+        ),
     ] = None,
     budget: Annotated[
         str | None,
-        typer.Option("--budget", help="Wall-clock training budget, e.g. 90s, 10m, 2h (sets the step count)."),
+        typer.Option(
+            "--budget", metavar="TIME", help="Wall-clock training budget, e.g. 90s, 10m, 2h (sets the step count)."
+        ),
     ] = None,
+    device: Device = None,
     recipe: RecipeFile = None,
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")] = False,
@@ -123,6 +178,10 @@ def distill_command(
     classes: Classes = None,
 ) -> None:
     """Select useful field images with the teacher and distil a compact student (EIKD)."""
+    from eikd_edge.commands.summary import print_distill_summary
+    from eikd_edge.config import load_recipe
+    from eikd_edge.distill import DistillInputs, distill
+
     extra = list(overrides or [])
     if student:
         extra.append(f"student.arch={student}")
@@ -134,6 +193,7 @@ def distill_command(
         ("synthesis.count", synthesize_count),
         ("train.epochs", epochs),
         ("train.budget", budget),
+        ("train.device", device),
     ):
         if value is not None:
             extra.append(f"{key}={value}")
@@ -144,7 +204,7 @@ def distill_command(
     result = distill(inputs, settings, out, resume=resume, overwrite=overwrite)
     if result.is_main:
         print_distill_summary(result)
-        console.print(escape(next_line(out)))
+        print_next(out)
 
 
 def quickstart(
@@ -154,21 +214,35 @@ def quickstart(
     ] = None,
     overrides: Overrides = None,
 ) -> None:
-    """Select + distil on the bundled digits example (a few minutes on a laptop CPU)."""
+    """Select + distil on the bundled digits example (about 2 minutes on a 2-core CPU)."""
+    from eikd_edge.commands.summary import print_distill_summary
+    from eikd_edge.config import load_recipe
+    from eikd_edge.distill import DistillInputs, distill
+
     folder = example or bundled_example()
     recipe_file = folder / "recipe.yaml"
     settings = load_recipe(recipe_file if recipe_file.is_file() else None, overrides)
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")
     result = distill(inputs, settings, out, overwrite=True)
     print_distill_summary(result)
-    console.print(escape(next_line(out)))
+    print_next(out)
+
+
+def print_next(out: Path) -> None:
+    """What to run after a distillation: distill and quickstart end with the same lines."""
+    print_command("next:", f"eikd-edge export {out} --onnx --int8")
+    print_command("then:", f"eikd-edge validate {out}")
 
 
 def bundled_example() -> Path:
-    """examples/digits in the source checkout the package runs from."""
+    """examples/digits in the source checkout the package runs from. The 3,300 example images stay out of the
+    wheel (one copy, in the repository); an installed package points at a clone or --example."""
     folder = Path(__file__).resolve().parents[2] / "examples" / "digits"
     if not (folder / "teacher.pt").is_file():
-        raise EikdError("the bundled example (examples/digits) is not here; run from a clone of the repository")
+        raise EikdError(
+            "the bundled example (examples/digits) ships with the repository, not the installed package: "
+            "clone it and pass --example CLONE/examples/digits"
+        )
     return folder
 
 

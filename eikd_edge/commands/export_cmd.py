@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
+from eikd_edge.commands.fit import print_fitted
 from eikd_edge.commands.models_cmd import human
-from eikd_edge.commands.options import RunFolder, TrustPickle
-from eikd_edge.console import console, err_console
+from eikd_edge.commands.options import RunFolder, Threads, TrustPickle, resolve_threads
+from eikd_edge.console import console, err_console, print_command
 from eikd_edge.errors import EikdError, GateFailed
-from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
-from eikd_edge.export.pipeline import ExportRequest, ExportResult, export_run
-from eikd_edge.export.targets import DEFAULT_TARGET, load_target
-from eikd_edge.runfolder import writing_run
 
+if TYPE_CHECKING:
+    from eikd_edge.export.pipeline import ExportRequest, ExportResult
+
+# The targets `--target` falls back to (tests/test_help.py checks them against eikd_edge.export.targets):
+# ONNX Runtime on this machine, or a TensorRT engine for a desktop NVIDIA GPU when --trt asks for one.
+DEFAULT_TARGET = "x86-cpu"
+DEFAULT_TRT_TARGET = "x86-dgpu"
+
+COLUMNS = ("artifact", "prec", "size", "build s", "agree S", "agree T", "status")
+LEGEND = "agree S / T: top-1 agreement with the FP32 student / the teacher on field images"
 STATUS_STYLE = {
     "ok": "[green]ok[/]",
-    "failed_gate": "[yellow]exported, failed gate[/]",
+    "failed_gate": "[yellow]failed gate[/]",
     "failed": "[red]failed[/]",
     "on_device": "[cyan]on device[/]",
 }
@@ -35,27 +40,60 @@ def export(
         typer.Option("--int8", help="ONNX Runtime static INT8 (QDQ) for CPU; with --trt also a TensorRT INT8 engine."),
     ] = False,
     trt: Annotated[
-        bool, typer.Option("--trt", help="TensorRT engine(s); precisions from --fp32/--fp16/--int8 or the target.")
+        bool,
+        typer.Option(
+            "--trt",
+            help="TensorRT engine(s) for --target (x86-dgpu when no --target is given); precisions from "
+            "--fp32/--fp16/--int8 or the target.",
+        ),
     ] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="With --trt: an FP16 engine.")] = False,
     fp32: Annotated[bool, typer.Option("--fp32", help="With --trt: an FP32 engine.")] = False,
     target: Annotated[
-        str, typer.Option("--target", help="Device profile from export/targets (e.g. jetson-orin-nano).")
-    ] = DEFAULT_TARGET,
-    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the target's, 17).")] = None,
+        str | None,
+        typer.Option(
+            "--target",
+            metavar="NAME",
+            help="Device profile from export/targets (e.g. jetson-orin-nano).",
+            show_default=f"{DEFAULT_TARGET}; {DEFAULT_TRT_TARGET} with --trt",
+        ),
+    ] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset.", show_default="the target's (17)")] = None,
     exporter: Annotated[
-        str, typer.Option("--exporter", help="auto | torchscript | dynamo (auto: torchscript for opset <= 17).")
+        str,
+        typer.Option(
+            "--exporter",
+            metavar="auto|torchscript|dynamo",
+            help="ONNX exporter (auto: torchscript for opset <= 17).",
+        ),
     ] = "auto",
     gate: Annotated[float, typer.Option("--gate", help="Min top-1 agreement with the FP32 student.")] = 0.99,
-    calib_images: Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")] = 256,
-    threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+    calib_images: Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")] = 512,
+    threads: Threads = 0,
     images: Annotated[
         Path | None,
-        typer.Option("--images", help="Field images for calibration and parity (default: the run's selection)."),
+        typer.Option("--images", help="Field images for calibration and parity.", show_default="the run's selection"),
     ] = None,
     trust_pickle: TrustPickle = False,
+    qad: Annotated[
+        str,
+        typer.Option(
+            "--qad",
+            metavar="auto|always|never",
+            help="Quantization-aware distillation for --int8: a short fine-tune through the INT8 quantization "
+            "against the FP32 student (auto: when no post-training setting passes the gate).",
+        ),
+    ] = "auto",
 ) -> None:
-    """Export the run's student; without format flags, the target's default formats."""
+    """Export the run's student; without format flags, the target's default formats.
+
+    --trt without --target builds for x86-dgpu (a desktop NVIDIA GPU); name a Jetson with --target.
+    """
+    from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
+    from eikd_edge.export.pipeline import export_run
+    from eikd_edge.export.quantize import QAD_MODES
+    from eikd_edge.runfolder import writing_run
+
     if (fp16 or fp32) and not trt:
         raise EikdError("--fp16/--fp32 choose TensorRT precisions: add --trt")
     if not 0.0 < gate <= 1.0:
@@ -64,10 +102,26 @@ def export(
         raise EikdError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
         raise EikdError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (17 suits TensorRT 8.5+), got {opset}")
+    if qad not in QAD_MODES:
+        raise EikdError(f"--qad must be one of {', '.join(QAD_MODES)}, got {qad!r}")
     if calib_images < 1:
         raise EikdError("--calib-images must be at least 1")
+    target = target or (DEFAULT_TRT_TARGET if trt else DEFAULT_TARGET)
     request = _request(
-        onnx, int8, trt, fp16, fp32, target, opset, exporter, gate, calib_images, threads, images, trust_pickle
+        onnx,
+        int8,
+        trt,
+        fp16,
+        fp32,
+        target,
+        opset,
+        exporter,
+        gate,
+        calib_images,
+        resolve_threads(threads),
+        images,
+        trust_pickle,
+        qad,
     )
     with writing_run(run, "export"):
         result = export_run(run, request)
@@ -75,7 +129,8 @@ def export(
     failed = [o for o in result.outcomes if o.status == "failed"]
     gated = [o for o in result.outcomes if o.status == "failed_gate"]
     if gated:
-        raise GateFailed(f"{', '.join(o.name for o in gated)} failed the {gate} top-1 agreement gate")
+        names = ", ".join(o.name for o in gated)
+        raise GateFailed(f"{names} failed the {gate} top-1 agreement gate: {gated[0].reason}")
     if failed:
         raise EikdError(f"{', '.join(o.name for o in failed)} failed to export: {failed[0].reason}")
 
@@ -94,7 +149,11 @@ def _request(
     threads: int,
     images: Path | None,
     trust_pickle: bool,
+    qad: str = "auto",
 ) -> ExportRequest:
+    from eikd_edge.export.pipeline import ExportRequest
+    from eikd_edge.export.targets import load_target
+
     target = load_target(target_name)
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
     trt_precisions = tuple(chosen or target.precisions) if trt else ()
@@ -105,31 +164,28 @@ def _request(
         else:
             int8 = "int8" in target.precisions
     common = {"target": target_name, "opset": opset, "exporter": exporter, "gate": gate, "images": images}
-    common["trust_pickle"] = trust_pickle
+    common.update(trust_pickle=trust_pickle, qad=qad)
     return ExportRequest(onnx, int8, trt_precisions, calib_images=calib_images, threads=threads, **common)
 
 
 def _print(result: ExportResult) -> None:
-    table = Table(
-        title=escape(f"Export for {result.target.name}"),
-        caption="agree S / T: top-1 agreement with the FP32 PyTorch student / the teacher on field images",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    for column in ("artifact", "prec", "size", "build s", "agree S", "agree T", "status"):
-        table.add_column(column, justify="left" if column in ("artifact", "prec", "status") else "right", no_wrap=True)
+    rows = []
     for outcome in result.outcomes:
         entry, parity = outcome.entry, outcome.entry.get("parity") or {}
-        table.add_row(
-            escape(outcome.name),
-            escape(str(entry.get("precision", "-"))),
-            human(entry["size_bytes"]) + "B" if "size_bytes" in entry else "-",
-            f"{entry['build_s']:.1f}" if "build_s" in entry else "-",
-            _pct(parity.get("agree_student")),
-            _pct(parity.get("agree_teacher")),
-            STATUS_STYLE.get(outcome.status, escape(outcome.status)),
+        rows.append(
+            (
+                escape(outcome.name),
+                escape(str(entry.get("precision", "-"))),
+                human(entry["size_bytes"]) + "B" if "size_bytes" in entry else "-",
+                f"{entry['build_s']:.1f}" if "build_s" in entry else "-",
+                _pct(parity.get("agree_student")),
+                _pct(parity.get("agree_teacher")),
+                STATUS_STYLE.get(outcome.status, escape(outcome.status)),
+            )
         )
-    console.print(table)
+    columns = [(c, "left" if c in ("artifact", "prec", "status") else "right") for c in COLUMNS]
+    print_fitted(escape(f"Export for {result.target.name}"), columns, rows, console)
+    console.print(LEGEND, highlight=False)
     for outcome in result.outcomes:
         if outcome.reason:
             console.print(escape(f"  {outcome.name}: {outcome.reason}"), highlight=False)
@@ -138,15 +194,17 @@ def _print(result: ExportResult) -> None:
         console.print(
             f"INT8 setting chosen on this machine: [bold]{escape(quant['chosen']['label'])}[/] ({_int8_line(quant)})"
         )
+        if quant.get("qad"):
+            console.print(escape(_qad_line(quant["qad"])), highlight=False)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.script is not None:
         err_console.print(
-            f"[yellow]TensorRT engines are built on the target:[/] copy {escape(str(result.script.parent))} to the "
-            f"device and run ./{escape(result.script.name)} (engines are tied to the GPU + TensorRT version that "
-            "built them).",
+            "[yellow]TensorRT engines are built on the target[/] (an engine is tied to the GPU and TensorRT "
+            "version that built it): copy the export folder to the device and run its build script:",
             highlight=False,
         )
+        print_command("  ", f"cd {result.script.parent} && ./{result.script.name}", err_console)
 
 
 def _int8_line(quant: dict) -> str:
@@ -155,6 +213,17 @@ def _int8_line(quant: dict) -> str:
     return (
         f"{chosen['latency_ms_batch']:.2f} ms vs FP32 {fp32['latency_ms_batch']:.2f} ms at batch {batch}, "
         f"agreement with FP32 {chosen['agree_fp32']:.2%}"
+    )
+
+
+def _qad_line(qad: dict) -> str:
+    """What quantization-aware distillation did, in one line."""
+    head = f"quantization-aware distillation ({qad['trigger']}; {qad['base']})"
+    if "skipped" in qad:
+        return f"{head} could not run: {qad['skipped']}"
+    return (
+        f"{head}: {qad['steps']} steps in {qad['train_s']:.0f} s on {qad['images']} field images the gate does not "
+        f"grade; agreement with FP32 {qad['base_agree_fp32']:.2%} post-training -> {qad['agree_fp32']:.2%}"
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,12 +12,15 @@ from rich.table import Table
 from eikd_edge.commands.models_cmd import human
 from eikd_edge.commands.options import Classes, InputSize, Mean, Std, TeacherArch, TrustPickle, spec_overrides
 from eikd_edge.console import console
-from eikd_edge.models.bn_stats import batchnorm_layers
-from eikd_edge.models.teacher import TeacherModel, load_teacher
+
+if TYPE_CHECKING:
+    from eikd_edge.models.teacher import TeacherModel
 
 
 def inspect(
-    teacher: Annotated[Path, typer.Argument(help="Teacher file.")],
+    teacher: Annotated[
+        Path, typer.Argument(metavar="TEACHER", help="Teacher file: TorchScript, .pt2, state_dict, or pickle.")
+    ],
     teacher_arch: TeacherArch = None,
     trust_pickle: TrustPickle = False,
     input_size: InputSize = None,
@@ -26,6 +29,8 @@ def inspect(
     classes: Classes = None,
 ) -> None:
     """Show a teacher's format, input spec, classes, size, embedding width and a forward check."""
+    from eikd_edge.models.teacher import load_teacher
+
     model = load_teacher(teacher, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes))
     spec = model.spec
     params = model.num_parameters()
@@ -53,6 +58,8 @@ def inspect(
 
 def _batchnorm_note(model: TeacherModel) -> str:
     """Whether ODSD's closeness score and synthesis's prior can read the teacher's BatchNorm statistics."""
+    from eikd_edge.models.bn_stats import batchnorm_layers
+
     layers = len(batchnorm_layers(model.module))
     if layers:
         return f"{layers} layers visible (ODSD sampling, synthesis prior)"

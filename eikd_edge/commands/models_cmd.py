@@ -8,29 +8,61 @@ import typer
 from rich.table import Table
 
 from eikd_edge.console import console
-from eikd_edge.models.spec import parse_input_size
-from eikd_edge.models.zoo import build_model, count_macs, count_parameters, list_architectures
+
+DEFAULT_SIZE = {"builtin": "32", "timm": "224", "all": "32"}
 
 
 def models(
-    input_size: Annotated[str, typer.Option("--input-size", help="H or HxW used for the MAC count.")] = "32",
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            "--input-size", metavar="HxW", help="H or HxW used for the MAC count.", show_default="32; 224 for timm"
+        ),
+    ] = None,
     num_classes: Annotated[int, typer.Option("--classes", help="Number of output classes.")] = 10,
     all_torchvision: Annotated[
         bool, typer.Option("--all", help="Every torchvision classifier, not only the recommended.")
     ] = False,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            metavar="builtin|timm|all",
+            help="builtin: CIFAR ResNets and torchvision; timm: curated edge students (pip install "
+            "'eikd-edge[timm]'; any timm model works as timm:NAME).",
+        ),
+    ] = "builtin",
 ) -> None:
-    """List student architectures with parameters and MACs (torch's FLOP counter, batch 1)."""
-    size = parse_input_size(input_size)
+    """List student architectures with parameters and MACs (torch's FLOP counter, batch 1) as exported."""
+    from eikd_edge.errors import EikdError
+    from eikd_edge.models import timm_zoo
+    from eikd_edge.models.spec import parse_input_size
+    from eikd_edge.models.zoo import (
+        SOURCES,
+        build_model,
+        count_macs,
+        count_parameters,
+        export_status,
+        for_export,
+        list_architectures,
+    )
+
+    if source not in SOURCES:
+        raise EikdError(f"unknown --source {source!r}; use one of {', '.join(SOURCES)}")
+    if source in ("timm", "all"):
+        timm_zoo.require_timm()
+    size = parse_input_size(input_size or DEFAULT_SIZE[source], "--input-size")
     table = Table(title=f"Student zoo at 3x{size[0]}x{size[1]}, {num_classes} classes")
-    for column in ("architecture", "family", "params", "MACs"):
+    for column in ("architecture", "family", "params", "MACs", "export"):
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
-    for info in list_architectures(all_torchvision):
+    for info in list_architectures(all_torchvision, source):
+        export = export_status(info.name)
         try:
-            model = build_model(info.name, num_classes)
+            model = for_export(build_model(info.name, num_classes), info.name)  # as deployed: fused
             macs = count_macs(model, size)
-            table.add_row(info.name, info.family, human(count_parameters(model)), human(macs))
+            table.add_row(info.name, info.family, human(count_parameters(model)), human(macs), export)
         except Exception as exc:  # e.g. an architecture that needs a larger input than asked for
-            table.add_row(info.name, info.family, "-", f"n/a ({type(exc).__name__})")
+            table.add_row(info.name, info.family, "-", f"n/a ({type(exc).__name__})", export)
     console.print(table)
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `eikd-edge distill` (and later commands).")]
+RunFolder = Annotated[
+    Path, typer.Argument(metavar="RUN", help="Run folder written by `eikd-edge distill` (and later commands).")
+]
 TeacherPath = Annotated[
-    Path, typer.Option("--teacher", "-t", help="Teacher: TorchScript, .pt2, state_dict, or pickle.")
+    Path, typer.Option("--teacher", "-t", help="Teacher file: TorchScript, .pt2, state_dict, or pickle.")
 ]
 TeacherArch = Annotated[
     str | None,
-    typer.Option("--teacher-arch", help="Architecture for a state_dict teacher (see `eikd-edge models --all`)."),
+    typer.Option(
+        "--teacher-arch",
+        metavar="ARCH",
+        help="Architecture for a state_dict teacher (see `eikd-edge models --all`), or timm:NAME.",
+    ),
 ]
 TrustPickle = Annotated[
     bool,
@@ -23,10 +30,34 @@ TrustPickle = Annotated[
         "entries): only for teachers you trust. Never read from a run folder.",
     ),
 ]
-InputSize = Annotated[str | None, typer.Option("--input-size", help="Teacher input size, H or HxW (else sidecar).")]
-Mean = Annotated[str | None, typer.Option("--mean", help="Normalisation mean R,G,B (else sidecar / ImageNet).")]
-Std = Annotated[str | None, typer.Option("--std", help="Normalisation std R,G,B (else sidecar / ImageNet).")]
-Classes = Annotated[str | None, typer.Option("--classes", help="Comma-separated class names (else sidecar).")]
+InputSize = Annotated[
+    str | None,
+    typer.Option("--input-size", metavar="HxW", help="Teacher input size, H or HxW.", show_default="the sidecar's"),
+]
+Mean = Annotated[
+    str | None,
+    typer.Option("--mean", metavar="R,G,B", help="Normalisation mean.", show_default="the sidecar's, else ImageNet's"),
+]
+Std = Annotated[
+    str | None,
+    typer.Option("--std", metavar="R,G,B", help="Normalisation std.", show_default="the sidecar's, else ImageNet's"),
+]
+Classes = Annotated[
+    str | None,
+    typer.Option("--classes", metavar="A,B,...", help="Comma-separated class names.", show_default="the sidecar's"),
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe setting (repeatable), e.g. train.epochs=5."),
+]
+Device = Annotated[
+    str | None,
+    typer.Option("--device", metavar="auto|cpu|cuda|cuda:N", help="Device to run on.", show_default="auto"),
+]
+Threads = Annotated[
+    int,
+    typer.Option("--threads", min=0, help="CPU threads for PyTorch and ONNX Runtime; 0 = one per core."),
+]
 
 
 def spec_overrides(input_size: str | None, mean: str | None, std: str | None, classes: str | None) -> dict[str, Any]:
@@ -34,3 +65,10 @@ def spec_overrides(input_size: str | None, mean: str | None, std: str | None, cl
     if classes:
         overrides["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
     return {k: v for k, v in overrides.items() if v is not None}
+
+
+def resolve_threads(threads: int) -> int:
+    """`--threads 0` means one thread per CPU core this process may run on, in every command and library."""
+    if threads:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

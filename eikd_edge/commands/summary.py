@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
 from eikd_edge.console import console
-from eikd_edge.distill import DistillResult
-from eikd_edge.run import RunPaths
-from eikd_edge.selection import Selection
+
+if TYPE_CHECKING:
+    from eikd_edge.distill import DistillResult
+    from eikd_edge.run import RunPaths
+    from eikd_edge.selection import Selection
 
 
 def _pct(value: float | None) -> str:
@@ -134,11 +136,6 @@ def print_distill_summary(result: DistillResult) -> None:
             "add field images or raise selection.agreement_fraction"
         )
     console.print(escape(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}"))
-
-
-def next_line(out: Path) -> str:
-    """What to run after a distillation (distill and quickstart end with the same line)."""
-    return f"next: eikd-edge export {out} --onnx --int8   then   eikd-edge validate {out}"
 
 
 def _agreement(agreement: dict[str, Any]) -> str:

@@ -11,21 +11,20 @@ from rich.markup import escape
 
 from eikd_edge.commands.options import (
     Classes,
+    Device,
     InputSize,
     Mean,
+    Overrides,
     Std,
     TeacherArch,
     TeacherPath,
     TrustPickle,
     spec_overrides,
 )
-from eikd_edge.config import load_recipe
-from eikd_edge.console import console
-from eikd_edge.distill import DistillInputs, load_inputs_teacher, resolve_device
-from eikd_edge.distributed import DistContext
-from eikd_edge.runfolder import is_run_folder, writing_run
-from eikd_edge.scoring import progress_bar
-from eikd_edge.synthesis import check_output_folder, show_progress, synthesize
+from eikd_edge.console import console, print_command
+
+DEFAULT_STEPS = 200  # SynthesisConfig's defaults, as --help shows them (tests/test_help.py compares them)
+DEFAULT_BATCH_SIZE = 128
 
 
 def synthesize_command(
@@ -34,13 +33,17 @@ def synthesize_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the images and synthesis.json to.")] = Path(
         "synthetic"
     ),
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Adam steps per batch (default 200).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images optimised together.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:1")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed for targets and starting noise.")] = 0,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Synthesis setting, e.g. synthesis.bn_weight=0.1 (repeatable).")
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=1, help="Adam steps per batch.", show_default=str(DEFAULT_STEPS)),
     ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Images optimised together.", show_default=str(DEFAULT_BATCH_SIZE)),
+    ] = None,
+    device: Device = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for targets and starting noise.")] = 0,
+    overrides: Overrides = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier synthesis in --out.")] = False,
     teacher_arch: TeacherArch = None,
     trust_pickle: TrustPickle = False,
@@ -50,7 +53,14 @@ def synthesize_command(
     classes: Classes = None,
 ) -> None:
     """Synthesise a transfer set from the teacher alone (soft-targeted synthesis, Z. Wang, AAAI 2021)."""
-    extra = [*(overrides or []), f"synthesis.seed={seed}", f"train.device={device}"]
+    from eikd_edge.config import load_recipe
+    from eikd_edge.distill import DistillInputs, load_inputs_teacher, resolve_device
+    from eikd_edge.distributed import DistContext
+    from eikd_edge.runfolder import is_run_folder, writing_run
+    from eikd_edge.scoring import progress_bar
+    from eikd_edge.synthesis import check_output_folder, show_progress, synthesize
+
+    extra = [*(overrides or []), f"synthesis.seed={seed}", f"train.device={device or 'auto'}"]
     if steps:
         extra.append(f"synthesis.steps={steps}")
     if batch_size:
@@ -74,9 +84,8 @@ def synthesize_command(
         f"wrote {result.count} images to {escape(str(out))} in {result.seconds:.1f} s on {target}; the teacher puts "
         f"{100 * result.fit:.1f}% of them in their target class; BatchNorm prior {prior}"
     )
-    console.print(
-        escape(f"next: eikd-edge distill --teacher {teacher} --unlabeled {out} ...   (or distill --synthesize N)")
-    )
+    print_command("next:", f"eikd-edge distill --teacher {teacher} --unlabeled {out} -o RUN")
+    console.print("(or let distill synthesise them itself: distill --synthesize N)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
-from eikd_edge.commands.options import RunFolder, TrustPickle
+from eikd_edge.commands.fit import print_fitted
+from eikd_edge.commands.options import RunFolder, Threads, TrustPickle, resolve_threads
 from eikd_edge.console import console, err_console
+from eikd_edge.device_result import DeviceResult, import_device_result
 from eikd_edge.errors import EikdError, GateFailed
-from eikd_edge.run import RunPaths
-from eikd_edge.runfolder import writing_run
-from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, ValidationResult, validate_run
+
+if TYPE_CHECKING:
+    from eikd_edge.validate import ValidationResult
+
+# eikd_edge.validate's defaults, spelled here so `--help` need not import it (tests/test_help.py compares them)
+DEFAULT_GATE = 0.99
+MAX_IMAGES = 2000
+LEGEND = (
+    "agree S / T: top-1 agreement with the FP32 student / the teacher",
+    "flips: top-1 changed vs the student",
+    "Δprob, Δlogit: largest |difference| in softmax and logits",
+)
 
 STATUS_STYLE = {"ok": "[green]ok[/]", "failed_gate": "[red]failed gate[/]", "failed": "[red]failed[/]"}
 
@@ -23,7 +32,8 @@ STATUS_STYLE = {"ok": "[green]ok[/]", "failed_gate": "[red]failed gate[/]", "fai
 def validate(
     run: RunFolder,
     images: Annotated[
-        Path | None, typer.Option("--images", help="Field images to compare on (default: the run's holdout slice).")
+        Path | None,
+        typer.Option("--images", help="Field images to compare on.", show_default="the run's holdout slice"),
     ] = None,
     gate: Annotated[
         float, typer.Option("--gate", help="Min top-1 agreement with the FP32 PyTorch student.")
@@ -32,12 +42,33 @@ def validate(
         Path | None, typer.Option("--val", help="Labeled ImageFolder: adds true top-1 per artifact.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many field images.")] = MAX_IMAGES,
-    threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+    threads: Threads = 0,
     trust_pickle: TrustPickle = False,
+    device_result: Annotated[
+        Path | None,
+        typer.Option(
+            "--device-result",
+            help="Import device-result.json from `python3 eikd_device.py validate` run on the device.",
+        ),
+    ] = None,
 ) -> None:
     """Parity of every artifact; exit code 2 when one fails the gate."""
+    from eikd_edge.run import RunPaths
+    from eikd_edge.runfolder import writing_run
+    from eikd_edge.validate import validate_run
+
+    threads = resolve_threads(threads)
     if not 0.0 < gate <= 1.0:
         raise EikdError(f"--gate must be in (0, 1], got {gate}")
+    if device_result is not None:
+        with writing_run(run, "validate"):
+            imported = import_device_result(RunPaths(run), device_result)
+        _print_device(imported)
+        failed = [e for e in imported.engines.values() if e.status != "ok"]
+        if failed:
+            names = ", ".join(f"{e.name} ({e.reason})" for e in failed)
+            raise GateFailed(f"{len(failed)} engine(s) failed validation on the device: {names}")
+        return
     with writing_run(run, "validate"):
         result = validate_run(RunPaths(run), images, gate, val, threads, limit, trust_pickle)
     _print(result)
@@ -50,21 +81,12 @@ def _print(result: ValidationResult) -> None:
     summary = result.summary
     images = summary["images"]
     has_val = result.reference.val is not None
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        title=f"Parity on {images['n']} {images['source']} images, gate {result.gate:.1%}",
-        caption="agree S / T: top-1 agreement with the FP32 PyTorch student / the teacher; flips: top-1 changed vs "
-        "the student; Δprob, Δlogit: largest |difference| in softmax and logits; top-1: accuracy on --val",
-    )
-    columns = ("artifact", "agree S", "agree T", "flips", "Δprob", "Δlogit")
-    for column in (*columns, *(("top-1",) if has_val else ()), "status"):
-        table.add_column(column, justify="left" if column in ("artifact", "status") else "right", no_wrap=True)
+    columns = ("artifact", "agree S", "agree T", "flips", "Δprob", "Δlogit", *(("top-1",) if has_val else ()), "status")
     val_cell = (lambda value: (_pct(value),)) if has_val else (lambda value: ())
     student = summary["student"]
-    table.add_row("student", "-", _pct(student["agree_teacher"]), "-", "-", "-", *val_cell(student["top1"]), "ref")
+    rows = [("student", "-", _pct(student["agree_teacher"]), "-", "-", "-", *val_cell(student["top1"]), "ref")]
     if has_val:
-        table.add_row("teacher", "-", "-", "-", "-", "-", _pct(summary["teacher"]["top1"]), "ref")
+        rows.append(("teacher", "-", "-", "-", "-", "-", _pct(summary["teacher"]["top1"]), "ref"))
     for check in result.checks:
         p = check.parity
         cells = ("-",) * 5
@@ -77,14 +99,46 @@ def _print(result: ValidationResult) -> None:
                 _sci(p.max_abs_dlogit),
             )
         status = STATUS_STYLE.get(check.status, f"[dim]{escape(check.status)}[/]")
-        table.add_row(escape(check.name), *cells, *val_cell(p.top1 if p else None), status)
-    console.print(table)
+        rows.append((escape(check.name), *cells, *val_cell(p.top1 if p else None), status))
+    title = f"Parity on {images['n']} {escape(str(images['source']))} images, gate {result.gate:.1%}"
+    print_fitted(title, [(c, "left" if c in ("artifact", "status") else "right") for c in columns], rows, console)
+    for line in (*LEGEND, *(("top-1: accuracy on --val",) if has_val else ())):
+        console.print(line, highlight=False, markup=False)
     for check in result.checks:
         if check.reason:
             console.print(escape(f"  {check.name}: {check.reason}"), highlight=False)
     for note in result.reference.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print(escape(f"written: {result.path} and export.json parity"), highlight=False)
+
+
+def _print_device(result: DeviceResult) -> None:
+    info = result.device
+    where = info.board or info.gpu_name or "unknown device"
+    columns = ("engine", "agree S", "flips", "Δlogit", "p50 ms (batch)", "img/s", "status")
+    rows = []
+    for engine in result.engines.values():
+        p = engine.parity
+        lat = engine.latency[-1] if engine.latency else None
+        rows.append(
+            (
+                escape(engine.name),
+                _pct(p.agree_student) if p else "-",
+                _pct(p.flip_rate) if p else "-",
+                _sci(p.max_abs_dlogit) if p and p.max_abs_dlogit is not None else "-",
+                " / ".join(f"{x.p50_ms:.2f} ({x.batch})" for x in engine.latency) or "-",
+                f"{lat.images_per_s:.0f}" if lat and lat.images_per_s else "-",
+                STATUS_STYLE.get(engine.status, escape(engine.status)),
+            )
+        )
+    title = escape(f"On the device: {where}, TensorRT {info.tensorrt_version}, {result.parity_set.n} images")
+    print_fitted(title, [(c, "left" if c in ("engine", "status") else "right") for c in columns], rows, console)
+    for line in ("agree S: top-1 agreement with the FP32 PyTorch student", "p50: host-to-host latency per batch"):
+        console.print(line, highlight=False, markup=False)
+    for engine in result.engines.values():
+        if engine.reason:
+            console.print(escape(f"  {engine.name}: {engine.reason}"), highlight=False)
+    console.print("imported into export.json (device_results) and validate.json (device)", highlight=False)
 
 
 def _pct(value: float | None) -> str:

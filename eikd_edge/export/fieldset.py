@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from eikd_edge.models.spec import InputSpec
 from eikd_edge.run import RunPaths
 from eikd_edge.runfolder import read_marker
 from eikd_edge.selection_file import read_selection
+
+PARITY_SOURCE = "field pool (gate split)"
+TUNING_SHARE = 4  # one pool image in four tunes INT8 (calibration, sensitivity), the others grade it
 
 
 @dataclass(frozen=True)
@@ -72,19 +76,28 @@ def stratified(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]
     return picked
 
 
+def is_tuning(entry: dict[str, Any]) -> bool:
+    """A fixed quarter of the pool (by a hash of the path, so export and validate agree) that INT8 calibration and
+    the layer-sensitivity search may look at; the gate is measured on the other three quarters only, so nothing
+    that chose the quantization also grades it."""
+    digest = hashlib.sha256(str(entry["path"]).encode("utf-8")).digest()
+    return digest[0] % TUNING_SHARE == 0
+
+
 def calibration_entries(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-    """Selected training images (the holdout stays unseen for parity); all selected ones if there is no split."""
-    selected = [e for e in entries if e.get("selected")]
-    train = [e for e in selected if e.get("split") != "holdout"]
-    return stratified(train or selected, limit)
+    """The tuning quarter of the scored pool, stratified by predicted class: what the device will see (distractors
+    included), not only the confident images the student trained on. All entries when the quarter is empty."""
+    tuning = [e for e in entries if is_tuning(e)]
+    return stratified(tuning or entries, limit)
 
 
 def parity_entries(entries: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str]:
-    """The holdout slice when there is one, else the selected images."""
-    holdout = [e for e in entries if e.get("split") == "holdout"]
-    if holdout:
-        return stratified(holdout, limit), "holdout"
-    return stratified([e for e in entries if e.get("selected")], limit), "selected"
+    """The rest of the scored pool, selected or not (thousands, not the few hundred held out, so one flip no longer
+    decides a 99% gate; parity is label-free, so any field image will do). Every image when the pool is tiny."""
+    rest = [e for e in entries if not is_tuning(e)]
+    if rest:
+        return stratified(rest, limit), PARITY_SOURCE
+    return stratified(entries, limit), "pool"
 
 
 def decode_entries(
@@ -106,10 +119,10 @@ def decode_entries(
 
 
 def run_field_images(run: RunPaths, spec: InputSpec, purpose: str, limit: int) -> FieldImages:
-    """`purpose` is "calibration" (selected train images) or "parity" (holdout, else selected)."""
+    """`purpose` is "calibration" (the pool's tuning quarter) or "parity" (the other three quarters)."""
     root, entries = read_manifest(run)
     if purpose == "calibration":
-        return decode_entries(root, calibration_entries(entries, limit), spec, "selected", run)
+        return decode_entries(root, calibration_entries(entries, limit), spec, "tuning", run)
     chosen, source = parity_entries(entries, limit)
     return decode_entries(root, chosen, spec, source, run)
 

@@ -33,9 +33,28 @@ FORMATS: tuple[Format, ...] = (
 
 # Auxiliary files (not artifacts of their own) that export writes beside the artifacts.
 TRT_QDQ_ONNX = "student.int8.trt.onnx"  # symmetric S8 QDQ model: TensorRT explicit quantization source
+FP16_ONNX = "student.fp16.trt.onnx"  # weights and activations in FP16: TensorRT 11's (strongly typed) FP16 source
 CALIBRATION_CACHE = "calibration.cache"
 TIMING_CACHE = "timing.cache"
 BUILD_SCRIPT = "build_engine.sh"
+DEVICE_SCRIPT = "eikd_device.py"  # on-device helper (package data: resources/device)
+PARITY_JSON, PARITY_IMAGES, PARITY_REFERENCE = "parity.json", "parity.images.npy", "parity.reference.npy"
+DEVICE_RESULT = "device-result.json"
+# Files that belong to one TensorRT target: removed when the export folder is re-exported for another target.
+TARGET_FILES = (
+    BUILD_SCRIPT,
+    DEVICE_SCRIPT,
+    TRT_QDQ_ONNX,
+    FP16_ONNX,
+    CALIBRATION_CACHE,
+    CALIBRATION_CACHE + ".key",
+    TIMING_CACHE,
+    TIMING_CACHE + ".key",
+    PARITY_JSON,
+    PARITY_IMAGES,
+    PARITY_REFERENCE,
+    DEVICE_RESULT,
+)
 
 
 def get_format(name: str) -> Format:

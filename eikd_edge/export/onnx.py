@@ -30,6 +30,7 @@ from eikd_edge.atomic import write_atomic
 from eikd_edge.checkpoint import StudentCheckpoint
 from eikd_edge.errors import EikdError
 from eikd_edge.models.teacher import file_sha256
+from eikd_edge.models.zoo import for_export
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -74,12 +75,24 @@ class OnnxExport:
     self_check_max_abs_dlogit: float  # vs PyTorch at batch sizes SELF_CHECK_BATCHES
 
 
-def export_onnx(ckpt: StudentCheckpoint, out: Path, opset: int = 17, exporter: str = "auto") -> OnnxExport:
-    """Export, simplify, annotate, check and self-test; the file appears atomically only when all passed."""
+@dataclass(frozen=True)
+class Parsable:
+    """The newest ONNX a deployment target reads (its profile's max_opset / max_ir_version) and who it is."""
+
+    target: str
+    max_opset: int
+    max_ir_version: int
+
+
+def export_onnx(
+    ckpt: StudentCheckpoint, out: Path, opset: int = 17, exporter: str = "auto", limits: Parsable | None = None
+) -> OnnxExport:
+    """Export, simplify, annotate, check and self-test; the file appears atomically only when all passed, and only
+    when the target can parse it (the dynamo fallback silently raises the opset to 18 and the IR version to 10)."""
     if exporter not in EXPORTERS:
         raise EikdError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
     start = time.perf_counter()
-    model = ckpt.model.eval()
+    model = for_export(ckpt.model.eval(), ckpt.arch)  # re-parameterisable timm models fused
     h, w = ckpt.spec.input_size
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:  # the pid: see sweep_temp_folders
@@ -87,14 +100,35 @@ def export_onnx(ckpt: StudentCheckpoint, out: Path, opset: int = 17, exporter: s
         used = _export(model, example, raw_path, opset, exporter)
         proto = onnx.load(str(raw_path))
     proto = _simplify(proto)
+    written = opset_of(proto)
+    if limits is not None:
+        check_parsable(written, proto.ir_version, limits, used, opset)
     _annotate(proto, ckpt)
     onnx.checker.check_model(proto, full_check=True)
     error = self_check(proto, model, (3, h, w))
     if error > SELF_CHECK_ATOL * max(1.0, _logit_scale(model, example)):
         raise EikdError(f"ONNX export disagrees with PyTorch (max |dlogit| {error:.2e}); try --exporter dynamo")
     write_atomic(out, lambda tmp: onnx.save(proto, str(tmp)))
-    actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-    return OnnxExport(out, actual_opset, used, time.perf_counter() - start, out.stat().st_size, error)
+    return OnnxExport(out, written or opset, used, time.perf_counter() - start, out.stat().st_size, error)
+
+
+def opset_of(proto: onnx.ModelProto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def check_parsable(written: int | None, ir_version: int, limits: Parsable, exporter: str, requested: int) -> None:
+    """Refuse an ONNX the target's runtime cannot parse, naming the cause (an exporter that raised the opset)."""
+    raised = f" (the {exporter} exporter raised it from the requested {requested})" if written != requested else ""
+    if written is not None and written > limits.max_opset:
+        raise EikdError(
+            f"the exported ONNX has opset {written}{raised}, above the {limits.max_opset} that target "
+            f"{limits.target} parses; use --exporter torchscript or a target whose runtime reads opset {written}"
+        )
+    if ir_version > limits.max_ir_version:
+        raise EikdError(
+            f"the exported ONNX has IR version {ir_version} (from the {exporter} exporter), above the "
+            f"{limits.max_ir_version} that target {limits.target} reads; use --exporter torchscript"
+        )
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str) -> str:

@@ -19,8 +19,12 @@ from eikd_edge.errors import EikdError
 from eikd_edge.export import onnx as onnx_export
 from eikd_edge.export import tensorrt as trt_export
 from eikd_edge.export import trt_script
+from eikd_edge.export.agreement import coarse_gate_note
+from eikd_edge.export.device_bundle import clear_other_target, copy_device_script, write_parity_set
 from eikd_edge.export.fieldset import folder_images, run_field_images
-from eikd_edge.export.formats import BUILD_SCRIPT, CALIBRATION_CACHE, TRT_QDQ_ONNX, get_format, trt_format
+from eikd_edge.export.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format
+from eikd_edge.export.fp16 import write_fp16
+from eikd_edge.export.qad import spare_field_images
 from eikd_edge.export.quantize import choose_int8, quantize_for_tensorrt
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
@@ -39,10 +43,11 @@ class ExportRequest:
     opset: int | None = None
     exporter: str = "auto"
     gate: float = DEFAULT_GATE
-    calib_images: int = 256
+    calib_images: int = 512
     threads: int = 0
     latency_budget_s: float = 1.0
     images: Path | None = None  # a folder of field images, when the run's pool folder is not at hand
+    qad: str = "auto"  # quantization-aware distillation: auto (when post-training INT8 fails) | always | never
     trust_pickle: bool = False  # from the command line only: may the teacher's file be unpickled
 
 
@@ -71,6 +76,7 @@ class _Context:
     request: ExportRequest
     ref: Reference
     _calib: np.ndarray | None = None
+    gated: list[Outcome] = field(default_factory=list)  # on-device artifacts refused before any script was written
 
     @property
     def chw(self) -> tuple[int, int, int]:
@@ -93,16 +99,26 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     target = load_target(request.target)
+    if request.opset is not None and request.opset > target.max_opset:
+        raise EikdError(
+            f"--opset {request.opset} is above what target {target.name} parses (max_opset {target.max_opset}); "
+            f"use --opset {target.max_opset} or lower"
+        )
     if request.trt_precisions and target.backend != "tensorrt":
         raise EikdError(f"target {target.name} runs ONNX Runtime, not TensorRT; pick a TensorRT --target for --trt")
     ckpt = load_student(run.student)
     onnx_export.sweep_temp_folders()  # left by a killed export; RUN/export/.int8-* go with the run lock's sweep
     run.export_dir.mkdir(parents=True, exist_ok=True)
+    switched = clear_other_target(run, target)  # one export folder states one target
     if request.images is not None:
         images = folder_images(request.images, ckpt.spec, MAX_IMAGES)
     else:
         images = run_field_images(run, ckpt.spec, "parity", MAX_IMAGES)
     ctx = _Context(run, ckpt, target, request, reference_outputs(run, ckpt, images, trust_pickle=request.trust_pickle))
+    ctx.ref.notes.extend(switched)
+    coarse = coarse_gate_note(len(images))
+    if coarse and (request.int8 or request.trt_precisions):
+        ctx.ref.notes.append(coarse)
     outcomes: list[Outcome] = []
     onnx_path = get_format("onnx").path(run.root)
     if request.onnx or not onnx_path.is_file() or _stale(onnx_path, ckpt):
@@ -115,7 +131,7 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
     if request.int8:
         outcomes.append(_guarded(ctx, "onnx-int8", lambda: _build_int8(ctx, onnx_path)))
     on_device: dict[str, dict[str, Any]] = {}
-    reason = trt_export.unavailable_reason()
+    reason = trt_export.build_blocker(target) if request.trt_precisions else None
     for precision in request.trt_precisions:
         name = trt_format(precision).name
         if reason is None:
@@ -123,6 +139,7 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
         else:
             on_device[name] = {"precision": precision, "engine": trt_format(precision).file, "reason": reason}
     script = _write_script(ctx, on_device) if on_device else None
+    outcomes += ctx.gated
     for name, info in on_device.items():
         outcomes.append(Outcome(name, "on_device", f"{info['reason']}: build on the device with {BUILD_SCRIPT}", info))
     return ExportResult(outcomes, target, run.export_record, script, ctx.ref.notes)
@@ -200,7 +217,8 @@ def _onnx_logits(ctx: _Context, path: Path, name: str) -> np.ndarray:
 
 def _build_onnx(ctx: _Context, path: Path) -> dict[str, Any]:
     opset = ctx.request.opset or ctx.target.opset
-    built = onnx_export.export_onnx(ctx.ckpt, path, opset=opset, exporter=ctx.request.exporter)
+    limits = onnx_export.Parsable(ctx.target.name, ctx.target.max_opset, ctx.target.max_ir_version)
+    built = onnx_export.export_onnx(ctx.ckpt, path, opset=opset, exporter=ctx.request.exporter, limits=limits)
     entry = _entry(ctx, "onnx", path, built.build_s, built.opset, _onnx_logits(ctx, path, "onnx"))
     entry.update(exporter=built.exporter, self_check_max_abs_dlogit=built.self_check_max_abs_dlogit)
     entry["source_sha256"] = file_sha256(ctx.ckpt.path)
@@ -219,43 +237,112 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
         batch=ctx.target.batch.opt,
         threads=ctx.request.threads,
         budget_s=ctx.request.latency_budget_s,
+        qad=ctx.request.qad,
+        qad_images=lambda: _qad_images(ctx),
     )
     entry = _entry(ctx, "onnx-int8", path, result.build_s, _opset(path), _onnx_logits(ctx, path, "onnx-int8"))
     entry.update(quantization=result.record(), source="student.onnx")
+    advice = result.advice()
+    if entry["status"] == "failed_gate" and advice:
+        entry["reason"] = f"{entry['reason']}; {advice}"
     return entry
+
+
+def _qad_images(ctx: _Context) -> np.ndarray | None:
+    """Normalised field images for quantization-aware distillation, none of them among the gate's images."""
+    spare = spare_field_images(ctx.run, ctx.ckpt.spec, set(ctx.ref.images.paths), ctx.request.images)
+    return None if spare is None else normalize(spare.images, ctx.ckpt.spec).numpy()
 
 
 def _build_engine(ctx: _Context, onnx_path: Path, precision: str) -> dict[str, Any]:
     fmt = trt_format(precision)
     path = fmt.path(ctx.run.root)
     calib = ctx.calibration() if precision == "int8" else None
-    record = trt_export.build_engine(onnx_path, path, precision, ctx.target, ctx.chw, calib)
+    if trt_export.strongly_typed_here():  # TensorRT 11: the precision comes from an FP16 or Q/DQ ONNX
+        _device_onnx(ctx, onnx_path, precision)
+    record = trt_export.build_engine(onnx_path.parent, path, precision, ctx.target, ctx.chw, calib)
     logits = TensorRTPredictor(path, ctx.ckpt.spec, name=fmt.name).predict_logits(ctx.ref.images.images)
     entry = _entry(ctx, fmt.name, path, record["build_s"], _opset(onnx_path), logits)
     entry.update(target=ctx.target.name, build_record=path.name + ".json", tensorrt_version=record["tensorrt_version"])
     return entry
 
 
-def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path:
-    """build_engine.sh for the target; INT8 uses the TensorRT calibration cache if one exists, else a QDQ model."""
+def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path | None:
+    """build_engine.sh for the target, the FP16 and Q/DQ ONNX files every TensorRT version may need (with their
+    ONNX Runtime parity), the parity set and eikd_device.py for validating the engines on the device. The Q/DQ model
+    must pass the parity gate in ONNX Runtime first: below it, INT8 gets no build line (its on_device entry says why)
+    and, if nothing else is left to build, there is no script at all."""
+    onnx_path = get_format("onnx").path(ctx.run.root)
+    refused: dict[str, dict[str, Any]] = {}
+    for name, info in list(on_device.items()):
+        if info["precision"] == "int8":
+            if _qdq_for_device(ctx, info) is None:
+                refused[name] = on_device.pop(name)
+        elif (made := _device_onnx(ctx, onnx_path, info["precision"])) is not None:
+            info["fp16_onnx"] = made.name
+            info["fp16_parity_onnxruntime"] = parity(
+                _onnx_logits(ctx, made, made.name), ctx.ref, ctx.request.gate
+            ).to_dict()
+    if not on_device:
+        (ctx.run.export_dir / BUILD_SCRIPT).unlink(missing_ok=True)  # an older script would build the refused model
+        merge_record(ctx.run, top={"on_device": refused, "target": ctx.target.name})
+        return None
     precisions = [info["precision"] for info in on_device.values()]
-    qdq: str | None = None
-    if "int8" in precisions and not (ctx.run.export_dir / CALIBRATION_CACHE).is_file():
-        qdq_path = quantize_for_tensorrt(
-            get_format("onnx").path(ctx.run.root), ctx.run.export_dir / TRT_QDQ_ONNX, ctx.calibration()
-        )
-        qdq = qdq_path.name
-        on_device["trt-int8"]["qdq_onnx"] = qdq
-        on_device["trt-int8"]["qdq_parity_onnxruntime"] = parity(
-            _onnx_logits(ctx, qdq_path, qdq), ctx.ref, ctx.request.gate
-        ).to_dict()
     engines = {info["precision"]: info["engine"] for info in on_device.values()}
-    text = trt_script.build_script(ctx.target, precisions, ctx.chw, engines, qdq)
+    text = trt_script.build_script(ctx.target, precisions, ctx.chw, engines)
     script = trt_script.write_build_script(ctx.run.export_dir / BUILD_SCRIPT, text)
+    digest = write_parity_set(
+        ctx.run.export_dir,
+        ctx.ref.images.images.numpy(),
+        ctx.ref.student,
+        ctx.ckpt.spec,
+        source=ctx.ref.images.source,
+        gate=ctx.request.gate,
+        target=ctx.target.name,
+    )
+    if copy_device_script(ctx.run.export_dir) is None:
+        ctx.ref.notes.append("eikd_device.py is missing from this install: reinstall eikd-edge")
     for info in on_device.values():
-        info.update(script=BUILD_SCRIPT, target=ctx.target.name)
-    merge_record(ctx.run, top={"on_device": on_device, "target": ctx.target.name})
+        info.update(script=BUILD_SCRIPT, target=ctx.target.name, parity_reference_sha256=digest)
+    merge_record(ctx.run, top={"on_device": {**on_device, **refused}, "target": ctx.target.name})
     return script
+
+
+def _qdq_for_device(ctx: _Context, info: dict[str, Any]) -> str | None:
+    """Write student.int8.trt.onnx and gate it; None (info marked failed_gate, with what to try) when it falls short."""
+    evaluation = normalize(ctx.ref.images.images, ctx.ckpt.spec).numpy()
+    built = quantize_for_tensorrt(
+        get_format("onnx").path(ctx.run.root),
+        ctx.run.export_dir / TRT_QDQ_ONNX,
+        ctx.calibration(),
+        evaluation,
+        ctx.request.gate,
+        ctx.request.threads,
+    )
+    checked = parity(_onnx_logits(ctx, built.path, TRT_QDQ_ONNX), ctx.ref, ctx.request.gate)
+    info.update(qdq_onnx=built.path.name, qdq_parity_onnxruntime=checked.to_dict())
+    info["qdq_fp32_nodes"] = list(built.fp32_nodes)
+    if checked.passed:
+        return built.path.name
+    worst = ", ".join(r["node"] for r in built.ranking[:4]) or "none found"
+    reason = (
+        f"the Q/DQ model for TensorRT fails the gate in ONNX Runtime: {gate_reason(checked)}; no INT8 build script "
+        f"written (nodes that cost most when quantized: {worst}); try --calib-images "
+        f"{max(2 * ctx.request.calib_images, 512)}, a lower --gate, or --fp16"
+    )
+    info.update(status="failed_gate", reason=reason, target=ctx.target.name)
+    info.pop("script", None)
+    ctx.gated.append(Outcome("trt-int8", "failed_gate", reason, info))
+    return None
+
+
+def _device_onnx(ctx: _Context, onnx_path: Path, precision: str) -> Path | None:
+    """The FP16 ONNX (fp16) or the symmetric Q/DQ ONNX (int8) beside student.onnx; None for fp32."""
+    if precision == "fp16":
+        return write_fp16(onnx_path, ctx.run.export_dir / FP16_ONNX)
+    if precision == "int8":
+        return quantize_for_tensorrt(onnx_path, ctx.run.export_dir / TRT_QDQ_ONNX, ctx.calibration()).path
+    return None
 
 
 def _opset(path: Path) -> int | None:

@@ -1,8 +1,11 @@
-"""Target-device profiles (export/targets/*.yaml): precisions, batch profile, opset, workspace, DLA core."""
+"""Target-device profiles (package data eikd_edge/resources/targets/*.yaml): precisions, batch profile, opset and
+the highest opset / IR version the target's runtime parses, workspace, DLA core. Package data, not a checkout path,
+so an installed wheel finds them too."""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +34,14 @@ class BatchProfile(BaseModel):
         return self
 
 
+class DeviceMatch(BaseModel):
+    """The device a TensorRT target means: engines are built in-process only on a matching one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    compute_capability: str | None = Field(None, pattern=r"^\d+\.\d+$")
+    board: str | None = Field(None, description="Substring of /proc/device-tree/model (Jetson), e.g. 'Orin Nano'")
+
+
 class Target(BaseModel):
     """One deployment target. `name` is the file stem; the YAML holds every other field."""
 
@@ -41,16 +52,25 @@ class Target(BaseModel):
     precisions: tuple[Precision, ...] = Field(min_length=1)
     batch: BatchProfile = BatchProfile()
     opset: int = Field(17, ge=11)
+    max_opset: int = Field(17, ge=11, description="highest ONNX opset the target's oldest supported runtime parses")
+    max_ir_version: int = Field(8, ge=3, description="highest ONNX IR version that runtime reads")
     workspace_mib: int | None = Field(None, gt=0, description="TensorRT builder workspace pool")
     dla_core: int | None = Field(None, ge=0, description="Jetson DLA core for fp16/int8 engines (GPU fallback on)")
+    device: DeviceMatch | None = Field(None, description="Build in-process only on this device (None: any GPU)")
+
+    @model_validator(mode="after")
+    def _opset_parsable(self) -> Target:
+        if self.opset > self.max_opset:
+            raise ValueError(f"opset {self.opset} is above max_opset {self.max_opset}")
+        return self
 
 
 def targets_dir() -> Path:
-    """The profiles shipped at the repository's top-level export/targets, or $EIKD_TARGETS_DIR."""
+    """The profiles shipped inside the package (eikd_edge/resources/targets), or $EIKD_TARGETS_DIR."""
     override = os.environ.get(TARGETS_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "export" / "targets"
+    return Path(str(resources.files("eikd_edge") / "resources" / "targets"))
 
 
 def list_targets() -> list[str]:

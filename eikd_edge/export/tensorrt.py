@@ -1,8 +1,11 @@
-"""TensorRT engines (TensorRT 8.6 and 10.x): build with a batch profile, FP32/FP16/INT8, timing cache, build record.
+"""TensorRT engines (TensorRT 8.5, 10.x and 11.x): build with a batch profile, FP32/FP16/INT8, timing cache, record.
 
 An engine only runs on the GPU model and TensorRT version that built it, so every engine has a JSON build record
-and loading refuses a mismatch. tensorrt is imported lazily: without it (or without a GPU) export writes
-build_engine.sh instead, to run with trtexec on the target itself.
+(TensorRT version of the library actually loaded, GPU, compute capability, SM count, board, ONNX sha256, precision,
+shapes) and loading refuses a mismatch. The precision path follows the installed version (eikd_edge.export.trt_paths):
+builder flags on 8.5/10, a strongly typed network from an FP16 or Q/DQ ONNX on 11. Timing and calibration caches are
+keyed by TensorRT version + device and a cache made elsewhere is refused. tensorrt is imported lazily: without it (or
+without the target's device) export writes build_engine.sh instead, to run with trtexec on the target itself.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import numpy as np
 from eikd_edge import __version__
 from eikd_edge.atomic import write_atomic, write_json_atomic
 from eikd_edge.errors import EikdError
+from eikd_edge.export import device as dev
 from eikd_edge.export.formats import CALIBRATION_CACHE, TIMING_CACHE, build_record_path
 from eikd_edge.export.onnx import INPUT_NAME
 from eikd_edge.export.targets import Target
+from eikd_edge.export.trt_paths import build_path, check_supported, major_minor, strongly_typed, version_from_number
+from eikd_edge.models.teacher import file_sha256
 from eikd_edge.run import read_json
 
 RECORD_FORMAT = "eikd-edge/trt-build-record"
@@ -47,33 +53,37 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def cuda_device_info(index: int = 0) -> dict[str, str] | None:
-    """GPU name, compute capability and CUDA driver version from libcuda (same source as build_engine.sh)."""
+def library_version(trt: Any) -> tuple[str, str]:
+    """(version, source): libnvinfer's own getInferLibVersion() when it can be read, else the Python module's."""
+    major = str(trt.__version__).split(".")[0]
     try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    device, major, minor, version = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    name = ctypes.create_string_buffer(256)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(device), index) != 0:
-        return None
-    cuda.cuDeviceGetName(name, 256, device)
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR
-    cuda.cuDriverGetVersion(ctypes.byref(version))
-    return {
-        "gpu_name": name.value.decode(errors="replace"),
-        "compute_capability": f"{major.value}.{minor.value}",
-        "cuda_version": f"{version.value // 1000}.{version.value % 1000 // 10}",
-    }
+        number = int(ctypes.CDLL(f"libnvinfer.so.{major}").getInferLibVersion())
+    except (OSError, AttributeError, ValueError):
+        return str(trt.__version__), "tensorrt module"
+    return version_from_number(number), "libnvinfer"
 
 
-def current_device() -> dict[str, str]:
+def current_device() -> dict[str, Any]:
     trt = import_tensorrt()
-    info = cuda_device_info()
+    info = dev.identity()
     if info is None:
         raise EikdError("no CUDA GPU is visible: TensorRT engines need one")
-    return {"tensorrt_version": trt.__version__, **info}
+    version, source = library_version(trt)
+    return {"tensorrt_version": version, "tensorrt_version_source": source, **info}
+
+
+def strongly_typed_here() -> bool:
+    """Whether the installed TensorRT is 11 or newer (strongly typed networks only)."""
+    return strongly_typed(library_version(import_tensorrt())[0])
+
+
+def build_blocker(target: Target) -> str | None:
+    """Why engines for `target` cannot be built in this process (None: build here): no TensorRT, no GPU, or a GPU
+    that is not the target's device (an engine built here would only run here, whatever its record says)."""
+    reason = unavailable_reason()
+    if reason is None:
+        reason = dev.target_mismatch(target, dev.identity())
+    return reason
 
 
 def check_build_record(record: dict[str, Any], current: dict[str, Any]) -> None:
@@ -90,6 +100,9 @@ def check_build_record(record: dict[str, Any], current: dict[str, Any]) -> None:
         )
     if _gpu_key(record["gpu_name"]) != _gpu_key(str(current.get("gpu_name", ""))):
         problems.append(f"GPU {record['gpu_name']} (here: {current.get('gpu_name')})")
+    for key, what in (("sm_count", "SM count"), ("board", "board")):
+        if record.get(key) is not None and current.get(key) is not None and record[key] != current[key]:
+            problems.append(f"{what} {record[key]} (here: {current[key]})")
     if problems:
         raise EikdError(
             "engine was built for " + "; ".join(problems) + ". Engines are tied to GPU + TensorRT version: "
@@ -105,21 +118,41 @@ def _gpu_key(name: str) -> str:
     return " ".join(name.lower().replace("nvidia", "").split())
 
 
+def engine_shapes(target: Target, precision: str, chw: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    """min/opt/max input shapes; static at the opt batch on a DLA (DLA has no dynamic dimensions)."""
+    if target.dla_core is not None and precision != "fp32":
+        return {key: (target.batch.opt, *chw) for key in ("min", "opt", "max")}
+    batches = {"min": target.batch.min, "opt": target.batch.opt, "max": target.batch.max}
+    return {key: (n, *chw) for key, n in batches.items()}
+
+
 def build_engine(
-    onnx_path: Path,
+    onnx_dir: Path,
     engine_path: Path,
     precision: str,
     target: Target,
     chw: tuple[int, int, int],
     calib_images: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """ONNX -> serialized engine + build record, both written atomically. INT8 calibrates on field images."""
+    """ONNX -> serialized engine + build record, both written atomically. The ONNX file (FP32, FP16 or Q/DQ in
+    onnx_dir) and the precision switches follow the installed TensorRT (see trt_paths)."""
     trt = import_tensorrt()
     start = time.perf_counter()
+    device = current_device()
+    version = device["tensorrt_version"]
+    check_supported(version)
+    key = dev.cache_key(version, device)
+    notes: list[str] = []
+    calib_cache = engine_path.parent / CALIBRATION_CACHE
+    calib_ok, why = dev.usable_cache(calib_cache, key)
+    notes += [why] if why else []
+    path = build_path(version, precision, calib_ok or calib_images is not None)
+    onnx_path = onnx_dir / path.onnx
+    if not onnx_path.is_file():
+        raise EikdError(f"{onnx_path.name} is missing: TensorRT {version} builds {precision} from it")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    network = builder.create_network(0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    network = builder.create_network(_network_flags(trt, version, path.strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -127,15 +160,22 @@ def build_engine(
     config = builder.create_builder_config()
     if target.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
-    batches = {"min": target.batch.min, "opt": target.batch.opt, "max": target.batch.max}
-    shapes = {key: (n, *chw) for key, n in batches.items()}
+    shapes = engine_shapes(target, precision, chw)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
-    calibrator = _set_precision(trt, builder, config, precision, target, chw, calib_images, engine_path, onnx_path)
+    if path.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
+    if path.int8_flag:
+        config.set_flag(trt.BuilderFlag.INT8)
+    calibrator = None
+    if path.calibrate:
+        calibrator = _set_calibrator(trt, builder, config, target, chw, calib_images, calib_cache, calib_ok, key)
     dla = _set_dla(trt, builder, config, precision, target)
     timing_path = engine_path.parent / TIMING_CACHE
-    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+    timing_ok, why = dev.usable_cache(timing_path, key)
+    notes += [why] if why else []
+    timing = config.create_timing_cache(timing_path.read_bytes() if timing_ok else b"")
     config.set_timing_cache(timing, False)
     serialized = builder.build_serialized_network(network, config)
     del calibrator  # kept alive until the build (and its calibration) is over
@@ -143,10 +183,12 @@ def build_engine(
         raise EikdError(f"TensorRT failed to build the {precision} engine (see the TensorRT log above)")
     write_atomic(engine_path, lambda tmp: tmp.write_bytes(bytes(serialized)))
     write_atomic(timing_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
+    dev.write_cache_key(timing_path, key)
     record = {
         "format": RECORD_FORMAT,
-        **current_device(),
+        **device,
         "precision": precision,
+        "strongly_typed": path.strongly_typed,
         "input_name": INPUT_NAME,
         "min_shape": list(shapes["min"]),
         "opt_shape": list(shapes["opt"]),
@@ -154,6 +196,9 @@ def build_engine(
         "target": target.name,
         "dla_core": dla,
         "onnx": onnx_path.name,
+        "onnx_sha256": file_sha256(onnx_path),
+        "calibration": "cache" if path.calibrate else ("q/dq" if precision == "int8" else None),
+        "cache_notes": notes,
         "built_with": f"eikd-edge {__version__}",
         "build_s": round(time.perf_counter() - start, 3),
     }
@@ -161,32 +206,33 @@ def build_engine(
     return record
 
 
-def _set_precision(
+def _network_flags(trt: Any, version: str, strongly: bool) -> int:
+    """EXPLICIT_BATCH before 10 (the default, and deprecated, since 10); STRONGLY_TYPED on 11 (always on there)."""
+    flags = trt.NetworkDefinitionCreationFlag
+    if strongly:
+        return 1 << int(flags.STRONGLY_TYPED)
+    return 1 << int(flags.EXPLICIT_BATCH) if major_minor(version)[0] < 10 else 0
+
+
+def _set_calibrator(
     trt: Any,
     builder: Any,
     config: Any,
-    precision: str,
     target: Target,
     chw: tuple[int, int, int],
     calib_images: np.ndarray | None,
-    engine_path: Path,
-    onnx_path: Path,
+    cache: Path,
+    cache_ok: bool,
+    key: str,
 ) -> Any:
-    """FP16 for fp16/int8 (INT8 layers fall back to FP16, not FP32); INT8 with the entropy calibrator."""
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision != "int8":
-        return None
-    if calib_images is None or len(calib_images) == 0:
+    """IInt8EntropyCalibrator2 (8.5/10 only) on field images; reads the cache only when it was made here."""
+    if not cache_ok and (calib_images is None or len(calib_images) == 0):
         raise EikdError("INT8 engine needs calibration images from the run's selection")
-    cache = engine_path.parent / CALIBRATION_CACHE
-    if cache.is_file() and cache.stat().st_mtime < onnx_path.stat().st_mtime:
-        cache.unlink()  # calibrated for an older ONNX: recompute
-    batch = min(target.batch.opt, len(calib_images))
-    calibrator = _make_calibrator(trt, calib_images, cache, batch)
+    images = calib_images if calib_images is not None else np.zeros((1, *chw), np.float32)
+    batch = min(target.batch.opt, len(images))
+    calibrator = _make_calibrator(trt, images, cache, batch, cache_ok, key)
     calib_profile = builder.create_optimization_profile()
     calib_profile.set_shape(INPUT_NAME, (batch, *chw), (batch, *chw), (batch, *chw))
-    config.set_flag(trt.BuilderFlag.INT8)
     config.int8_calibrator = calibrator
     config.set_calibration_profile(calib_profile)
     return calibrator
@@ -203,7 +249,7 @@ def _set_dla(trt: Any, builder: Any, config: Any, precision: str, target: Target
     return dla
 
 
-def _make_calibrator(trt: Any, images: np.ndarray, cache: Path, batch: int) -> Any:
+def _make_calibrator(trt: Any, images: np.ndarray, cache: Path, batch: int, cache_ok: bool, key: str) -> Any:
     """IInt8EntropyCalibrator2 fed from a torch CUDA buffer; the cache lands in RUN/export/calibration.cache."""
     import torch
 
@@ -227,10 +273,11 @@ def _make_calibrator(trt: Any, images: np.ndarray, cache: Path, batch: int) -> A
             return [int(self.buffer.data_ptr())]
 
         def read_calibration_cache(self) -> bytes | None:
-            return cache.read_bytes() if cache.is_file() else None
+            return cache.read_bytes() if cache_ok else None  # a cache from another TensorRT or GPU is refused
 
         def write_calibration_cache(self, data: Any) -> None:
             write_atomic(cache, lambda tmp: tmp.write_bytes(bytes(data)))
+            dev.write_cache_key(cache, key)
 
     return _EntropyCalibrator()
 
@@ -246,6 +293,8 @@ def load_engine(path: Path) -> tuple[Any, Any, dict[str, Any]]:
     trt = import_tensorrt()
     check_build_record(record, current_device())
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if record.get("dla_core") is not None:
+        runtime.DLA_core = int(record["dla_core"])  # chosen at deserialization: the plan does not store the core
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise EikdError(f"TensorRT could not deserialize {path.name}; rebuild it on this device")

@@ -1,8 +1,12 @@
-"""build_engine.sh: the trtexec commands (and build records) to make the engines on the target device itself.
+"""build_engine.sh: the trtexec commands (and build records) that make the engines on the target device itself.
 
-Written when this machine has no TensorRT or no GPU, with the same batch profile, precision flags and workspace as
-an in-process build. INT8 uses TensorRT's calibration cache when one exists, else the symmetric QDQ ONNX
-(explicit quantization), since a TensorRT calibration cache cannot be computed without TensorRT.
+Written when this process cannot build for the target (no TensorRT, no GPU, or another device than the target's).
+The script reads the device's TensorRT version from trtexec's banner ("&&&& RUNNING TensorRT.trtexec [TensorRT
+v100300]") and takes the same path as an in-process build (eikd_edge.export.trt_paths): --fp16/--int8 flags on the
+FP32 ONNX for 8.5/10 (INT8 from a calibration cache made on this very TensorRT + device, else the Q/DQ ONNX), the
+FP16 or Q/DQ ONNX on 11 (strongly typed: no precision flags exist there). 8.5 ends a build with --buildOnly, 10 and
+11 with --skipInference. Timing and calibration caches carry a key (TensorRT version + device, from eikd_device.py);
+one made elsewhere is moved aside, never half-used. Each engine gets its build record from eikd_device.py record.
 """
 
 from __future__ import annotations
@@ -11,91 +15,118 @@ from pathlib import Path
 
 from eikd_edge import __version__
 from eikd_edge.atomic import write_atomic
-from eikd_edge.export.formats import CALIBRATION_CACHE
+from eikd_edge.export.formats import CALIBRATION_CACHE, DEVICE_SCRIPT, FP16_ONNX, TIMING_CACHE, TRT_QDQ_ONNX
 from eikd_edge.export.targets import Target
-from eikd_edge.export.tensorrt import RECORD_FORMAT
+from eikd_edge.export.tensorrt import engine_shapes
 
-# Same fields and sources (libcuda via ctypes, tensorrt.__version__) as eikd_edge.export.tensorrt.current_device,
-# so a record written on the device matches what eikd-edge checks there before it loads the engine.
+_PRELUDE = r"""set -euo pipefail
+cd "$(dirname "$0")"
+TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"
+PYTHON="${PYTHON:-python3}"
+if ! command -v "$TRTEXEC" >/dev/null 2>&1; then
+  echo "error: trtexec not found (set TRTEXEC=/path/to/trtexec; JetPack has /usr/src/tensorrt/bin/trtexec)" >&2
+  exit 1
+fi
+BANNER="$("$TRTEXEC" --help 2>&1 || true)"
+NUM="$(printf '%s\n' "$BANNER" | sed -n 's/.*\[TensorRT v\([0-9][0-9]*\)\].*/\1/p' | head -n 1)"
+if [ -z "$NUM" ]; then
+  echo "error: cannot read the TensorRT version from '$TRTEXEC --help' (no '[TensorRT vNNNN]' banner)" >&2
+  exit 1
+fi
+if [ "$NUM" -ge 100000 ]; then  # since 10: major*10000+minor*100+patch; before: major*1000+minor*100+patch
+  MAJOR=$((NUM / 10000)); MINOR=$((NUM / 100 % 100))
+else
+  MAJOR=$((NUM / 1000)); MINOR=$((NUM / 100 % 10))
+fi
+TRT_VERSION="$MAJOR.$MINOR.$((NUM % 100))"
+if [ "$MAJOR" -lt 8 ] || { [ "$MAJOR" -eq 8 ] && [ "$MINOR" -lt 5 ]; } || [ "$MAJOR" -ge 12 ]; then
+  echo "error: trtexec is TensorRT $TRT_VERSION; this script supports TensorRT 8.5 to 11.x" >&2
+  exit 1
+fi
+if [ "$MAJOR" -ge 11 ]; then STRONG=yes; else STRONG=no; fi    # 11: strongly typed, precision from the ONNX
+if [ "$MAJOR" -ge 10 ]; then BUILD_ONLY=--skipInference; else BUILD_ONLY=--buildOnly; fi
+KEY="$("$PYTHON" __DEVICE__ cache-key "$TRT_VERSION")"
+echo "trtexec: TensorRT $TRT_VERSION (strongly typed: $STRONG); device: $KEY"
 
-_RECORD_PY = """import ctypes, json, sys
-import tensorrt as trt
-engine, precision, onnx, dla, target, low, opt, high = sys.argv[1:9]
-cuda = ctypes.CDLL("libcuda.so.1")
-cuda.cuInit(0)
-dev, major, minor, ver = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-name = ctypes.create_string_buffer(256)
-cuda.cuDeviceGet(ctypes.byref(dev), 0)
-cuda.cuDeviceGetName(name, 256, dev)
-cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)
-cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)
-cuda.cuDriverGetVersion(ctypes.byref(ver))
-shape = lambda text: [int(v) for v in text.split("x")]
-record = {
-    "format": "%(format)s",
-    "tensorrt_version": trt.__version__,
-    "gpu_name": name.value.decode(),
-    "compute_capability": f"{major.value}.{minor.value}",
-    "cuda_version": f"{ver.value // 1000}.{ver.value %% 1000 // 10}",
-    "precision": precision,
-    "input_name": "images",
-    "min_shape": shape(low),
-    "opt_shape": shape(opt),
-    "max_shape": shape(high),
-    "target": target,
-    "dla_core": None if dla == "none" else int(dla),
-    "onnx": onnx,
-    "built_with": "trtexec via build_engine.sh",
+refuse_foreign() {  # a cache from another TensorRT version or device is moved aside, never half-used
+  if [ -f "$1" ] && [ "$(cat "$1.key" 2>/dev/null || true)" != "$KEY" ]; then
+    echo "refused $1: made for '$(cat "$1.key" 2>/dev/null || echo unknown)', not '$KEY' (moved to $1.refused)" >&2
+    mv -f "$1" "$1.refused"
+  fi
 }
-with open(engine + ".json", "w") as handle:
-    json.dump(record, handle, indent=2)
-print(f"wrote {engine}.json ({record['gpu_name']}, TensorRT {record['tensorrt_version']})")
+refuse_foreign __TIMING__
+CALIB=no
+if [ "$STRONG" = no ] && [ -f __CALIB__ ]; then refuse_foreign __CALIB__; [ -f __CALIB__ ] && CALIB=yes; fi
+
+build() {  # engine precision onnx dla min opt max [trtexec flags...]
+  local engine="$1" precision="$2" onnx="$3" dla="$4" low="$5" opt="$6" high="$7"
+  shift 7
+  echo "== $precision: $engine from $onnx"
+  "$TRTEXEC" --onnx="$onnx" --minShapes="images:$low" --optShapes="images:$opt" --maxShapes="images:$high" \
+    "${COMMON[@]}" "$BUILD_ONLY" "$@" --saveEngine="$engine"
+  echo "$KEY" > __TIMING__.key
+  "$PYTHON" __DEVICE__ record "$engine" "$precision" "$onnx" "$dla" __TARGET__ "$low" "$opt" "$high" \
+    "$TRT_VERSION" "$STRONG"
+}
 """
 
 
-def build_script(
-    target: Target, precisions: list[str], chw: tuple[int, int, int], engines: dict[str, str], qdq_onnx: str | None
-) -> str:
-    """The text of build_engine.sh: one trtexec call (plus its build record) per precision, same profile as here."""
-    dims = "x".join(str(d) for d in chw)
-    low, opt, high = (f"{n}x{dims}" for n in (target.batch.min, target.batch.opt, target.batch.max))
+def build_script(target: Target, precisions: list[str], chw: tuple[int, int, int], engines: dict[str, str]) -> str:
+    """The text of build_engine.sh: one build (plus its record) per precision, with the in-process build's shapes."""
+    workspace = f" --memPoolSize=workspace:{target.workspace_mib}" if target.workspace_mib else ""
+    prelude = (
+        _PRELUDE.replace("__DEVICE__", DEVICE_SCRIPT)
+        .replace("__TIMING__", TIMING_CACHE)
+        .replace("__CALIB__", CALIBRATION_CACHE)
+        .replace("__TARGET__", target.name)
+    )
     lines = [
         "#!/usr/bin/env bash",
         f"# Build TensorRT engine(s) for {target.name} ON THAT DEVICE: an engine only runs on the GPU model and",
         "# TensorRT version that built it. Copy this whole export folder to the device, then run ./build_engine.sh",
+        "# and python3 eikd_device.py validate (writes device-result.json for `eikd-edge validate --device-result`).",
         f"# Target: {target.description}",
-        f"# Written by eikd-edge {__version__}. Override the tools with TRTEXEC=... PYTHON=...",
-        "set -euo pipefail",
-        'cd "$(dirname "$0")"',
-        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
-        'PYTHON="${PYTHON:-python3}"',
-        f"SHAPES=(--minShapes=images:{low} --optShapes=images:{opt} --maxShapes=images:{high})",
-        "COMMON=(--timingCacheFile=timing.cache"
-        + (f" --memPoolSize=workspace:{target.workspace_mib}" if target.workspace_mib else "")
-        + ")",
-        "",
-        "record() {  # engine precision onnx dla: the build record eikd-edge checks before loading an engine",
-        '  "$PYTHON" - "$@" <<\'PY\' || echo "warning: no build record for $1 (needs python3 with tensorrt)" >&2',
-        (_RECORD_PY % {"format": RECORD_FORMAT}).rstrip(),
-        "PY",
-        "}",
+        f"# Written by eikd-edge {__version__} for TensorRT 8.5 (JetPack 5), 10.x (JetPack 6) and 11.x.",
+        "# Override the tools with TRTEXEC=... PYTHON=...",
+        prelude.rstrip("\n"),
+        f"COMMON=(--timingCacheFile={TIMING_CACHE}{workspace})",
     ]
     for precision in precisions:
-        onnx_file, flags = "student.onnx", []
-        if precision == "fp16":
-            flags = ["--fp16"]
-        elif precision == "int8" and qdq_onnx is None:
-            flags = ["--int8", "--fp16", f"--calib={CALIBRATION_CACHE}"]
-        elif precision == "int8":  # explicit quantization: the Q/DQ scales come from the ONNX itself
-            onnx_file, flags = qdq_onnx, ["--int8", "--fp16"]
+        shapes = engine_shapes(target, precision, chw)
+        low, opt, high = ("x".join(str(d) for d in shapes[k]) for k in ("min", "opt", "max"))
         dla = target.dla_core if precision != "fp32" else None
-        if dla is not None:
-            flags += [f"--useDLACore={dla}", "--allowGPUFallback"]
-        engine = engines[precision]
-        trtexec = ['"$TRTEXEC"', f"--onnx={onnx_file}", '"${SHAPES[@]}"', '"${COMMON[@]}"', *flags]
-        record = [engine, precision, onnx_file, "none" if dla is None else str(dla), target.name, low, opt, high]
-        lines += ["", f"echo '== {precision}: {engine}'", " ".join([*trtexec, f"--saveEngine={engine}"])]
-        lines.append(" ".join(["record", *record]))
+        dla_flags = [f"--useDLACore={dla}", "--allowGPUFallback"] if dla is not None else []
+        head = ["build", engines[precision], precision]
+        tail = ["none" if dla is None else str(dla), low, opt, high]
+
+        def call(
+            onnx: str, *flags: str, head: list[str] = head, tail: list[str] = tail, dla: list[str] = dla_flags
+        ) -> str:
+            return " ".join([*head, onnx, *tail, *flags, *dla])
+
+        lines.append("")
+        if precision == "fp32":
+            lines.append(call("student.onnx"))
+        elif precision == "fp16":
+            lines += [
+                'if [ "$STRONG" = yes ]; then',
+                "  " + call(FP16_ONNX),
+                "else",
+                "  " + call("student.onnx", "--fp16"),
+                "fi",
+            ]
+        else:
+            calib = [f"--calib={CALIBRATION_CACHE}"] + [f"--{k}ShapesCalib=images:{opt}" for k in ("min", "opt", "max")]
+            lines += [
+                'if [ "$STRONG" = yes ]; then  # explicit quantization: the scales come from the Q/DQ nodes',
+                "  " + call(TRT_QDQ_ONNX),
+                'elif [ "$CALIB" = yes ]; then  # a calibration cache made by this TensorRT on this device',
+                "  " + call("student.onnx", "--int8", "--fp16", *calib),
+                "else",
+                "  " + call(TRT_QDQ_ONNX, "--int8", "--fp16"),
+                "fi",
+            ]
+    lines += ["", 'echo "done: now run  $PYTHON eikd_device.py validate"']
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from eikd_edge.errors import EikdError
+from eikd_edge.models import timm_zoo
 from eikd_edge.models.pt2_guard import check_pt2
 from eikd_edge.models.spec import InputSpec, read_sidecar, sidecar_path
 from eikd_edge.models.taps import find_classifier, widen_classifier
@@ -97,7 +98,7 @@ def load_teacher(
     path = Path(path)
     if not path.is_file():
         raise EikdError(f"teacher file not found: {path}")
-    spec, sidecar_arch = _resolve_spec(path, spec_overrides or {})
+    spec, sidecar_arch = _resolve_spec(path, spec_overrides or {}, arch)
     arch = arch or sidecar_arch
     module, fmt = _load_module(path, arch, trust_pickle, len(spec.classes) or None)
     num_classes = _dry_forward(module, spec, path)
@@ -131,8 +132,11 @@ def _eager_twin(module: nn.Module, arch: str, num_classes: int, spec: InputSpec,
     return twin
 
 
-def _resolve_spec(path: Path, overrides: dict[str, Any]) -> tuple[InputSpec, str | None]:
-    """The input spec, and the architecture a sidecar may name (`arch:`) for a state_dict or TorchScript file."""
+def _resolve_spec(path: Path, overrides: dict[str, Any], arch: str | None = None) -> tuple[InputSpec, str | None]:
+    """The input spec, and the architecture a sidecar may name (`arch:`) for a state_dict or TorchScript file.
+
+    A timm architecture brings the preprocessing it was trained with (its pretrained_cfg); the sidecar, then the
+    flags, override it key by key."""
     data: dict[str, Any] = {}
     sidecar = sidecar_path(path)
     if sidecar is not None:
@@ -143,6 +147,9 @@ def _resolve_spec(path: Path, overrides: dict[str, Any]) -> tuple[InputSpec, str
                 _one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes"
             ) from None
     data.update({k: v for k, v in overrides.items() if v is not None})
+    named = arch or data.get("arch")
+    if timm_zoo.is_timm(named):
+        data = {**timm_zoo.input_defaults(str(named)), **data}
     arch = data.pop("arch", None)
     return InputSpec.from_dict(data, source=str(sidecar or "teacher spec")), str(arch) if arch else None
 

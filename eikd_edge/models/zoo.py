@@ -1,8 +1,9 @@
-"""Student zoo: torchvision classifiers and small CIFAR-style ResNets, built by name."""
+"""Student zoo: torchvision classifiers, small CIFAR-style ResNets and (with the timm extra) `timm:NAME`, by name."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -13,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from eikd_edge.errors import EikdError
+from eikd_edge.models import timm_zoo
 from eikd_edge.models.cifar import cifar_imagenet_resnet, cifar_resnet
 
 RECOMMENDED_STUDENTS = (
@@ -36,33 +38,65 @@ _WIDTH_KWARG = {"mobilenet_v3_small": "width_mult", "mobilenet_v3_large": "width
 @dataclass(frozen=True)
 class ArchInfo:
     name: str
-    family: str  # "cifar" (low resolution) or "torchvision"
+    family: str  # "cifar" (low resolution), "torchvision" or "timm"
 
 
 def torchvision_classifiers() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def list_architectures(all_torchvision: bool = False) -> list[ArchInfo]:
-    names = torchvision_classifiers() if all_torchvision else list(RECOMMENDED_STUDENTS)
-    return [ArchInfo(n, "cifar") for n in _CIFAR_BUILDERS] + [ArchInfo(n, "torchvision") for n in names]
+SOURCES = ("builtin", "timm", "all")
+
+
+def list_architectures(all_torchvision: bool = False, source: str = "builtin") -> list[ArchInfo]:
+    """builtin: CIFAR ResNets and torchvision (recommended, or every one); timm: the curated edge students."""
+    if source not in SOURCES:
+        raise EikdError(f"unknown model source {source!r}; use one of {', '.join(SOURCES)}")
+    infos: list[ArchInfo] = []
+    if source in ("builtin", "all"):
+        names = torchvision_classifiers() if all_torchvision else list(RECOMMENDED_STUDENTS)
+        infos += [ArchInfo(n, "cifar") for n in _CIFAR_BUILDERS] + [ArchInfo(n, "torchvision") for n in names]
+    if source in ("timm", "all"):
+        infos += [ArchInfo(n, "timm") for n in timm_zoo.curated_students()]
+    return infos
 
 
 def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
     """A freshly initialised classifier (no downloaded weights: nothing is fetched at run time)."""
+    if timm_zoo.is_timm(arch):
+        return timm_zoo.build_timm(arch, num_classes, width)
     if arch in _CIFAR_BUILDERS:
         try:
             return _CIFAR_BUILDERS[arch](num_classes=num_classes, width=width)
         except ValueError as exc:
             raise EikdError(f"{arch}: {exc}") from None
     if arch not in torchvision_classifiers():
-        raise EikdError(f"unknown architecture {arch!r}; `eikd-edge models --all` lists them")
+        close = difflib.get_close_matches(arch, [*_CIFAR_BUILDERS, *torchvision_classifiers()], n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise EikdError(
+            f"unknown architecture {arch!r}{hint}; `eikd-edge models --all` lists them; timm:NAME names a timm model"
+        )
     kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
     if width != 1.0:
         if arch not in _WIDTH_KWARG:
             raise EikdError(f"{arch} has no width option; width works for {sorted(_WIDTH_KWARG)} and cifar_resnetN")
         kwargs[_WIDTH_KWARG[arch]] = width
     return torchvision.models.get_model(arch, **kwargs)
+
+
+def export_status(arch: str) -> str:
+    """What `models` says of exporting this architecture: "ok" for the ones the export tests cover, the measured
+    reason for a known failure, "not tested" for the rest of torchvision (`--all`)."""
+    issue = timm_zoo.export_issue(arch)
+    if issue:
+        return issue
+    tested = {*_CIFAR_BUILDERS, *RECOMMENDED_STUDENTS, *timm_zoo.curated_students()}
+    return "ok" if arch in tested else "not tested"
+
+
+def for_export(model: nn.Module, arch: str) -> nn.Module:
+    """The model an edge runtime should get: timm's re-parameterisable models fused, every other model as is."""
+    return timm_zoo.fuse_for_inference(model) if timm_zoo.is_timm(arch) else model
 
 
 def count_parameters(model: nn.Module) -> int:

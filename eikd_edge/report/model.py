@@ -38,6 +38,8 @@ SECTIONS = {
 }
 NOVEL_TITLE = "Novel field samples"  # a section only when selection.json has a "novel" entry
 THUMBS = 8  # per group
+MIN_ITERS = 10  # fewer timed iterations than this: a latency (and any speed-up from it) is noise, not a measurement
+FAILED = ("failed_gate", "failed")  # validation states of an artifact that must not ship
 
 
 class _Strict(BaseModel):
@@ -65,6 +67,7 @@ class SelectionSection(_Strict):
     selected: int
     train: int
     holdout: int
+    fair_share: int | None = None  # the budget split equally across classes: what "deficit" is measured against
     classes: list[ClassRow]
     below_quota: list[str]
     thumbnails: list[Thumb]
@@ -123,6 +126,8 @@ class SpeedRow(_Strict):
     p50_ms: float
     images_per_s: float
     speedup: float  # vs the PyTorch eager student at the same batch size
+    iters: int = 0  # timed iterations behind this row's p50 (the fewer of this row's and the reference's)
+    reliable: bool = True  # iters >= MIN_ITERS: otherwise the speed-up is shown as unreliable, never headlined
 
 
 class Headline(_Strict):
@@ -152,22 +157,33 @@ class Report(_Strict):
 
 
 def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = False) -> Report:
-    """Gather a run folder into a Report; missing stages become notes and empty sections, never errors."""
+    """Gather a run folder into a Report; missing stages become notes and empty sections, never errors.
+
+    Any run folder works: one holding only `select`'s selection.json gets the selection and novel-sample sections
+    (with thumbnails), a distilled one adds training, and export, validate and bench each add their sections.
+    """
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     read_resolved(run)  # a clear error when this is not a run folder at all
     notes: list[str] = []
-    ckpt = load_student(run.student)
-    metrics = _optional(run.metrics, notes, "metrics.json not found: run `eikd-edge distill` to get training curves")
+    ckpt = load_student(run.student) if run.student.is_file() else None
     selection_json = read_selection(run) if run.selection.is_file() else None
     if selection_json is None:
         notes.append("selection.json not found")
     else:
         _confine_paths(run, selection_json)
-    validation = _optional(run.root / VALIDATE_FILE, notes, f"not validated: run `eikd-edge validate {run.root}`")
-    bench_json = _optional(run.root / BENCH_FILE, notes, f"no benchmark: run `eikd-edge bench {run.root}`")
+    if ckpt is None:
+        notes.append(
+            "no student.pt: this folder holds a selection only; `eikd-edge distill` trains the student, then "
+            "export, validate and bench add their sections to this report"
+        )
+    stage_notes = notes if ckpt else []  # without a student the later stages cannot have run: one note says so
+    missing_metrics = "metrics.json not found: run `eikd-edge distill` to get training curves"
+    metrics = _optional(run.metrics, stage_notes, missing_metrics)
+    validation = _optional(run.root / VALIDATE_FILE, stage_notes, f"not validated: run `eikd-edge validate {run.root}`")
+    bench_json = _optional(run.root / BENCH_FILE, stage_notes, f"no benchmark: run `eikd-edge bench {run.root}`")
     export = read_record(run) if run.export_record.is_file() else None
-    if export is None:
+    if export is None and ckpt is not None:
         notes.append(f"nothing exported: run `eikd-edge export {run.root} --onnx --int8`")
     bench = None
     if bench_json:
@@ -176,7 +192,7 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
         except ValidationError:
             notes.append(f"{BENCH_FILE} is from another eikd-edge version: re-run `eikd-edge bench {run.root}`")
     section = None
-    if confusion:
+    if confusion and ckpt is not None:
         try:
             section = build_confusion(run, ckpt, trust_pickle)
             notes += section.notes
@@ -185,12 +201,13 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
         except EikdError as exc:
             notes.append(f"confusion matrices skipped: {exc}")
     novel = _novel(selection_json, notes) if selection_json else None
+    sizes = metrics or (_student_sizes(ckpt.model, ckpt.spec.input_size) if ckpt else {})
     return Report(
         created_with=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run=str(run.root.resolve()),
         sections=_sections(novel),
-        headline=_headline(run, metrics or _student_sizes(ckpt.model, ckpt.spec.input_size), export, validation, bench),
+        headline=_headline(run, sizes, export, validation, bench),
         metrics=metrics,
         selection=_selection(selection_json) if selection_json else None,
         novel=novel,
@@ -267,12 +284,15 @@ def _selection(data: dict[str, Any]) -> SelectionSection:
         for group, entries in groups.items()
         for e in entries[:THUMBS]
     ]
+    quotas = [c.quota for c in classes]
+    fair = sum(q for q in quotas if q is not None) // len(classes) if classes and None not in quotas else None
     return SelectionSection(
         method=data.get("method"),
         pool=data.get("pool") or {},
         selected=int(data.get("selected_count", len(selected))),
         train=int(data.get("train_count", sum(e.get("split") == "train" for e in selected))),
         holdout=int(data.get("holdout_count", sum(e.get("split") == "holdout" for e in selected))),
+        fair_share=fair,
         classes=classes,
         below_quota=list(data.get("classes_below_quota") or [c.name for c in classes if c.deficit > 0]),
         thumbnails=thumbs,
@@ -323,7 +343,8 @@ def _headline(
     teacher_size = teacher_path.stat().st_size if teacher_path.is_file() else None
     artifacts: dict[str, Any] = (export or {}).get("artifacts") or {}
     sizes = [("teacher", teacher.get("params"), teacher.get("macs"), teacher_size)]
-    sizes.append(("pytorch", student.get("params"), student.get("macs"), run.student.stat().st_size))
+    if run.student.is_file():
+        sizes.append(("pytorch", student.get("params"), student.get("macs"), run.student.stat().st_size))
     for fmt in FORMATS:
         if fmt.exported and fmt.name in artifacts:
             sizes.append((fmt.name, student.get("params"), student.get("macs"), artifacts[fmt.name].get("size_bytes")))
@@ -331,29 +352,49 @@ def _headline(
         SizeRow(model=m, params=p, macs=c, size_bytes=s, size_ratio=teacher_size / s if teacher_size and s else None)
         for m, p, c, s in sizes
     ]
-    speed = []
-    if bench is not None:
-        ups = bench.speedups()
-        for row in bench.rows:
-            if row.ok and row.latency_ms and row.batch is not None and (row.model, row.batch) in ups:
-                speed.append(
-                    SpeedRow(
-                        model=row.model,
-                        backend=row.backend,
-                        precision=row.precision,
-                        batch=row.batch,
-                        p50_ms=row.latency_ms.p50,
-                        images_per_s=row.images_per_s or 0.0,
-                        speedup=ups[(row.model, row.batch)],
-                    )
-                )
+    speed = _speed_rows(bench) if bench is not None else []
     return Headline(
         compression=compression,
         speed=speed,
-        quality=_quality_rows(run, artifacts),
+        quality=_quality_rows(run, artifacts) if run.student.is_file() else [],
         validation_passed=(validation or {}).get("passed"),
         gate=(validation or {}).get("gate"),
     )
+
+
+def _speed_rows(bench: BenchResult) -> list[SpeedRow]:
+    """Speed-ups over the PyTorch eager student; one from fewer than MIN_ITERS timed iterations (on either side)
+    is kept but marked unreliable, so no renderer headlines it."""
+    ups = bench.speedups()
+    reference = {r.batch: r.iters for r in bench.rows if r.model == "pytorch" and r.ok}
+    rows = []
+    for row in bench.rows:
+        if row.ok and row.latency_ms and row.batch is not None and (row.model, row.batch) in ups:
+            iters = min(row.iters, reference.get(row.batch, row.iters))
+            rows.append(
+                SpeedRow(
+                    model=row.model,
+                    backend=row.backend,
+                    precision=row.precision,
+                    batch=row.batch,
+                    p50_ms=row.latency_ms.p50,
+                    images_per_s=row.images_per_s or 0.0,
+                    speedup=ups[(row.model, row.batch)],
+                    iters=iters,
+                    reliable=iters >= MIN_ITERS,
+                )
+            )
+    return rows
+
+
+def failed_models(report: Report) -> set[str]:
+    """Artifacts whose latest validation (validate.json, else the export's own parity check) failed: drawn and
+    labelled as such, never shown as "ok"."""
+    failed = {r.model for r in report.headline.quality if r.status in FAILED or r.gate_passed is False}
+    for name, entry in ((report.validation or {}).get("artifacts") or {}).items():
+        if isinstance(entry, dict) and entry.get("status") in FAILED:
+            failed.add(str(name))
+    return failed
 
 
 def _quality_rows(run: RunPaths, artifacts: dict[str, Any]) -> list[QualityRow]:

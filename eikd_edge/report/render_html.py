@@ -1,13 +1,11 @@
-"""report.html: one self-contained page (inline CSS, plots as base64 PNG data URIs, no external URL), so it can be
-mailed, archived or opened on an air-gapped machine. A tiny inline script marks <body data-images-loaded> once every
-image has decoded, which the headless-browser test checks."""
+"""report.html: one self-contained page (inline CSS, plots as inline SVG, no script, no external URL), so it can be
+mailed, archived or opened on an air-gapped machine, and its plots stay sharp at any zoom."""
 
 from __future__ import annotations
 
-import base64
 from html import escape
 
-from eikd_edge.report import plots, tables
+from eikd_edge.report import tables
 from eikd_edge.report.model import Report
 from eikd_edge.report.tables import TextTable
 
@@ -22,18 +20,9 @@ th{background:#f6f8fa}td.l,th.l{text-align:left}caption{caption-side:bottom;colo
 text-align:left;padding-top:4px}
 .pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}.skip{color:#8c959f}
 .figs{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}figure{margin:10px 0}
-figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figure svg{display:block;max-width:100%;height:auto;border:1px solid #eaeef2}.wide{max-width:100%;overflow-x:auto}
 figcaption{color:#57606a;font-size:12px}.note{background:#fff8c5;padding:6px 10px;margin:4px 0;border-radius:4px}
 .empty{color:#8c959f;font-style:italic}
-"""
-
-SCRIPT = """
-(function(){function check(){var imgs=Array.prototype.slice.call(document.images);
-var ok=imgs.every(function(i){return i.complete&&i.naturalWidth>0;});
-document.body.dataset.imagesTotal=String(imgs.length);
-document.body.dataset.imagesLoaded=ok?"true":"false";
-document.body.dataset.pageHeight=String(document.documentElement.scrollHeight);}
-window.addEventListener("load",check);})();
 """
 
 
@@ -50,8 +39,8 @@ def html_table(table: TextTable) -> str:
     caption = f"<caption>{escape(table.caption)}</caption>" if table.caption else ""
     notes = "".join(f"<li>{escape(n)}</li>" for n in table.notes)
     return (
-        f"<h3>{escape(table.title)}</h3><table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        + (f'<ul class="notes">{notes}</ul>' if notes else "")
+        f'<h3>{escape(table.title)}</h3><div class="wide"><table>{caption}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>" + (f'<ul class="notes">{notes}</ul>' if notes else "")
     )
 
 
@@ -66,12 +55,9 @@ def _cls(column: str, table: TextTable, cell: str = "") -> str:
     return f' class="{" ".join(classes)}"' if classes else ""
 
 
-def figure(caption: str, image: bytes) -> str:
-    data = base64.b64encode(image).decode("ascii")
-    return (
-        f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{escape(caption)}</figcaption></figure>"
-    )
+def figure(caption: str, svg: str) -> str:
+    """An inline SVG plot; its caption doubles as the accessible name."""
+    return f'<figure role="img" aria-label="{escape(caption)}">{svg}<figcaption>{escape(caption)}</figcaption></figure>'
 
 
 def _para(text: str) -> str:
@@ -80,9 +66,11 @@ def _para(text: str) -> str:
 
 def render_html(report: Report) -> str:
     """The whole page; figures are drawn here (rendering), from data the Report already holds (building)."""
+    from eikd_edge.report import plots  # matplotlib: imported only when a page is drawn
+
     figs: dict[str, list[str]] = {}
-    for section, caption, image in plots.figures(report):
-        figs.setdefault(section, []).append(figure(caption, image))
+    for index, (section, caption, fig) in enumerate(plots.figures(report)):
+        figs.setdefault(section, []).append(figure(caption, plots.svg(fig, salt=f"figure{index}")))
     s = report.sections
     body = {
         "headline": [
@@ -99,7 +87,7 @@ def render_html(report: Report) -> str:
         ],
         "training": [_para(tables.training_summary(report)), html_table(tables.history(report))],
         "validation": [html_table(tables.validation(report)) if report.validation else _empty("not validated")],
-        "benchmark": [html_table(tables.bench(report.bench)) if report.bench else _empty("not benchmarked")],
+        "benchmark": [html_table(tables.run_bench(report)) if report.bench else _empty("not benchmarked")],
         "confusion": [_para(line) for line in tables.confusion_summary(report)] or [_empty("not computed")],
         "images": [] if figs.get("images") else [_empty("no field images available")],
     }
@@ -118,7 +106,7 @@ def render_html(report: Report) -> str:
         f'<p class="meta">{escape(report.run)} · eikd-edge {escape(report.created_with)} · '
         f"{escape(report.created_at)}</p><nav>{nav}</nav>{sections}"
         f"{f'<section id=notes><h2>Notes</h2>{notes}</section>' if notes else ''}"
-        f"<script>{SCRIPT}</script></body></html>\n"
+        "</body></html>\n"
     )
 
 

@@ -50,7 +50,7 @@ def render_markdown(report: Report) -> str:
         md_table(tables.validation(report)) if report.validation else "_not validated_\n",
         f"## {s['benchmark']}",
         "",
-        md_table(tables.bench(report.bench)) if report.bench else "_not benchmarked_\n",
+        md_table(tables.run_bench(report)) if report.bench else "_not benchmarked_\n",
         f"## {s['confusion']}",
         "",
         "".join(f"- {line}\n" for line in tables.confusion_summary(report)) or "_not computed_\n",
@@ -68,8 +68,8 @@ def _images_text(report: Report) -> str:
         return "_none_\n"
     groups: dict[str, list[str]] = {}
     for th in report.selection.thumbnails:
-        conf = "" if th.confidence is None else f" {th.confidence:.2f}"
-        groups.setdefault(th.group, []).append(f"`{th.path}` ({th.predicted}{conf})")
+        conf = "" if th.confidence is None else f", teacher confidence {th.confidence:.2f}"
+        groups.setdefault(th.group, []).append(f"`{th.path}` (class {th.predicted}{conf})")
     return "\n".join(f"- {g.replace('_', ' ')}: {', '.join(items)}" for g, items in groups.items()) + "\n"
 
 

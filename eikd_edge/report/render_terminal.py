@@ -1,40 +1,16 @@
-"""Rich tables for the terminal: the report's headline numbers and the bench table, from the shared TextTables."""
+"""The report's headline numbers in the terminal, from the same TextTables as report.md/html."""
 
 from __future__ import annotations
 
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
 
-from eikd_edge.bench import BenchResult
+from eikd_edge.commands.fit import print_fitted
 from eikd_edge.report import tables
 from eikd_edge.report.model import Report
 from eikd_edge.report.tables import TextTable
 
 STATUS_STYLE = {"ok": "green", "ok*": "yellow", "pass": "green", "reference": "dim"}
-
-
-def rich_table(table: TextTable, console: Console | None = None) -> Table:
-    """A Rich table; on a console too narrow for it, the table's optional columns are dropped, one at a time."""
-    keep = list(table.columns)
-    for drop in (None, *table.optional):
-        if drop is not None:
-            keep.remove(drop)
-        title, caption = escape(table.title), escape(table.caption) if table.caption else None
-        out = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-        for column in keep:
-            out.add_column(column, justify="left" if column in table.left else "right", overflow="fold")
-        index = [table.columns.index(c) for c in keep]
-        for row in table.rows:
-            out.add_row(*(_style(row[i]) for i in index))
-        if (
-            console is None
-            or Measurement.get(console, console.options.update_width(10_000), out).maximum <= console.width
-        ):
-            break
-    return out
 
 
 def _style(cell: str) -> str:
@@ -48,13 +24,14 @@ def _style(cell: str) -> str:
 
 
 def print_table(table: TextTable, console: Console) -> None:
-    console.print(rich_table(table, console))
+    """Stacked into narrower tables on a narrow terminal (never a column dropped), then caption and notes."""
+    columns = [(c, "left" if c in table.left else "right") for c in table.columns]
+    rows = [[_style(cell) for cell in row] for row in table.rows]
+    print_fitted(escape(table.title), columns, rows, console)
+    if table.caption:
+        console.print(table.caption, highlight=False, markup=False)
     for note in table.notes:
         console.print(f"  {note}", highlight=False, markup=False)
-
-
-def print_bench(result: BenchResult, console: Console) -> None:
-    print_table(tables.bench(result), console)
 
 
 def print_report(report: Report, console: Console) -> None:

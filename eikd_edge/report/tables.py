@@ -3,11 +3,13 @@ them out, so the three always agree."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from eikd_edge.bench import BenchResult
 from eikd_edge.report import text as t
-from eikd_edge.report.model import Report
+from eikd_edge.report.model import MIN_ITERS, Report, failed_models
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,6 @@ class TextTable:
     rows: list[tuple[str, ...]]
     caption: str = ""
     left: tuple[str, ...] = field(default=())  # left-aligned columns; the rest are numbers, right-aligned
-    optional: tuple[str, ...] = ()  # columns a narrow terminal may drop, first one first
     notes: list[str] = field(default_factory=list)  # footnotes: why a row was skipped, where a budget ran out
 
 
@@ -36,16 +37,33 @@ def compression(report: Report) -> TextTable:
 
 
 def speed(report: Report) -> TextTable:
+    """A speed-up from fewer than MIN_ITERS timed iterations is not headlined: the cell says why, a note says how."""
     rows = [
-        (r.model, r.backend, r.precision, str(r.batch), t.ms(r.p50_ms), t.rate(r.images_per_s), t.times(r.speedup))
+        (
+            r.model,
+            r.backend,
+            r.precision,
+            str(r.batch),
+            str(r.iters) if r.iters else t.DASH,
+            t.ms(r.p50_ms),
+            t.rate(r.images_per_s),
+            t.times(r.speedup) if r.reliable else "unreliable",
+        )
         for r in report.headline.speed
     ]
+    notes = []
+    if any(not r.reliable for r in report.headline.speed):
+        notes.append(
+            f"unreliable: fewer than {MIN_ITERS} timed iterations here or in the PyTorch reference;"
+            " `eikd-edge bench RUN --iters 200` gives speed-ups worth quoting"
+        )
     return TextTable(
         "Speed-up vs the PyTorch eager student",
-        ("model", "backend", "precision", "batch", "p50 ms", "images/s", "speed-up"),
+        ("model", "backend", "precision", "batch", "iters", "p50 ms", "images/s", "speed-up"),
         rows,
-        "median host-to-host latency from bench.json, same batch size",
+        "median host-to-host latency from bench.json, same batch size; iters: timed iterations behind the p50",
         left=("model", "backend", "precision"),
+        notes=notes,
     )
 
 
@@ -74,20 +92,32 @@ def quality(report: Report) -> TextTable:
 
 
 def selection_classes(report: Report) -> TextTable:
+    """Fair share next to quota and selected: a class with quota = selected can still be short of its fair share
+    (it had fewer candidates), and that shortfall is its deficit."""
     sel = report.selection
+    fair = t.DASH if sel is None or sel.fair_share is None else str(sel.fair_share)
     rows = (
         []
         if sel is None
         else [
-            (c.name, str(c.candidates), t.DASH if c.quota is None else str(c.quota), str(c.selected), str(c.deficit))
+            (
+                c.name,
+                str(c.candidates),
+                fair,
+                t.DASH if c.quota is None else str(c.quota),
+                str(c.selected),
+                str(c.deficit),
+            )
             for c in sel.classes
         ]
     )
     return TextTable(
         "Selection per class",
-        ("class", "candidates", "quota", "selected", "deficit"),
+        ("class", "candidates", "fair share", "quota", "selected", "deficit"),
         rows,
-        "deficit: selected images the class is short of its fair share (the field data barely covers it)",
+        "fair share: the selection budget split equally across classes; quota: what the class was given after "
+        "the fair share of classes with too few candidates moved to the others; deficit: fair share − candidates "
+        "for a class with fewer candidates than its fair share (the field data barely covers it)",
         left=("class",),
     )
 
@@ -147,25 +177,73 @@ def validation(report: Report) -> TextTable:
                 str(entry.get("status")) + (f": {entry['reason']}" if entry.get("reason") else ""),
             )
         )
+    device_rows, notes = _device_rows(data.get("device"))
     images = data.get("images") or {}
     return TextTable(
         f"Parity on {images.get('n', '?')} {images.get('source', '')} images, gate {t.pct(data.get('gate'))}",
         ("artifact", "agree S", "agree T", "flips", "Δprob", "Δlogit", "status"),
-        rows,
-        "flips: top-1 changed vs the FP32 student; Δprob, Δlogit: largest absolute difference",
+        rows + device_rows,
+        "flips: top-1 changed vs the FP32 student; Δprob, Δlogit: largest absolute difference; "
+        "'on device' rows: measured by eikd_device.py on the device (validate --device-result)",
         left=("artifact", "status"),
+        notes=notes,
     )
 
 
-def bench(result: BenchResult | None) -> TextTable:
-    """Compact enough for a 100-column terminal: skip/fail reasons and budget stops go to footnotes."""
+def _device_rows(device: Any) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Rows for engines validated on the device, and their host-to-host latency as footnotes."""
+    if not isinstance(device, dict) or not isinstance(device.get("engines"), dict):
+        return [], []
+    info = device.get("info") or {}
+    where = str(info.get("board") or info.get("gpu_name") or "device")
     rows, notes = [], []
+    for name, entry in device["engines"].items():
+        p = entry.get("parity") or {}
+        rows.append(
+            (
+                f"{name} on device",
+                t.pct(p.get("agree_student")),
+                t.DASH,
+                t.pct(p.get("flip_rate")),
+                f"{p['max_abs_dprob']:.1e}" if isinstance(p.get("max_abs_dprob"), int | float) else t.DASH,
+                f"{p['max_abs_dlogit']:.1e}" if isinstance(p.get("max_abs_dlogit"), int | float) else t.DASH,
+                str(entry.get("status")) + (f": {entry['reason']}" if entry.get("reason") else ""),
+            )
+        )
+        latency = ", ".join(
+            f"batch {x.get('batch')}: p50 {x.get('p50_ms'):.2f} ms, p99 {x.get('p99_ms'):.2f} ms"
+            for x in entry.get("latency") or []
+            if isinstance(x, dict)
+            and isinstance(x.get("p50_ms"), int | float)
+            and isinstance(x.get("p99_ms"), int | float)
+        )
+        if latency:
+            notes.append(f"{name} on {where} (TensorRT {info.get('tensorrt_version')}): {latency}")
+    return rows, notes
+
+
+def bench(result: BenchResult | None, failed: Collection[str] = ()) -> TextTable:
+    """Compact enough for a 100-column terminal: skip/fail reasons and budget stops go to footnotes.
+
+    `failed`: artifacts whose validation failed (the report passes the latest validate.json state); such a row
+    says "failed gate", never "ok", even though its timing succeeded. A single timed call shows "n=1", not a
+    spread of ± 0.
+    """
+    rows, notes = [], []
+    few = False
     for r in result.rows if result else []:
         lat = r.latency_ms
-        numbers = (t.ms(lat.p50), t.ms(lat.p90), t.ms(lat.p99), f"{t.ms(lat.mean)} ± {t.ms(lat.std)}") if lat else ()
+        spread = (
+            f"{t.ms(lat.mean)} ± {t.ms(lat.std)}" if lat and r.iters != 1 else f"{t.ms(lat.mean)} (n=1)" if lat else ""
+        )
+        numbers = (t.ms(lat.p50), t.ms(lat.p90), t.ms(lat.p99), spread) if lat else ()
         status = r.status.split(":")[0]
+        few = few or (r.ok and r.iters < MIN_ITERS)
         if not r.ok:
             notes.append(f"{r.model}: {r.status}")
+        elif r.model in failed or r.gate_passed is False:
+            status = "failed gate"
+            notes.append(f"{r.model}: failed its validation gate: timed, but not fit to ship")
         elif r.budget_exhausted:
             status = "ok*"
             notes.append(f"{r.model} batch {r.batch}: budget spent after {r.iters} of {r.iters_requested} iterations")
@@ -182,6 +260,8 @@ def bench(result: BenchResult | None) -> TextTable:
                 status,
             )
         )
+    if few:
+        notes.append(f"timings from fewer than {MIN_ITERS} iterations are unreliable (`--iters 200` for real figures)")
     machine = (result.machine if result else {}) or {}
     threads = sorted({r.threads for r in (result.rows if result else []) if r.threads})
     caption = (
@@ -196,9 +276,17 @@ def bench(result: BenchResult | None) -> TextTable:
         rows,
         caption,
         left=("backend", "model", "prec", "status"),
-        optional=("mean ± std", "p90", "size", "prec", "backend"),
-        notes=notes,
+        notes=list(dict.fromkeys(notes)),
     )
+
+
+def _spread(mean: float, std: float, iters: int) -> str:
+    return f"{t.ms(mean)} (n=1)" if iters == 1 else f"{t.ms(mean)} ± {t.ms(std)}"
+
+
+def run_bench(report: Report) -> TextTable:
+    """The run's bench table with each artifact's state taken from its latest validation."""
+    return bench(report.bench, failed_models(report))
 
 
 def verdict_line(report: Report) -> str:
