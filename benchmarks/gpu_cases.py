@@ -165,13 +165,16 @@ class Bench:
         seed: int,
         overrides: list[str],
         workdir: Path,
+        warmup_steps: int = 10_000,
     ) -> None:
         recipe = load_recipe(None, case_recipe_overrides(case, case.batch, device, overrides))
         torch.manual_seed(seed)
         self.case, self.teacher, self.device = case, teacher, device
         self.trainer = Trainer(recipe, teacher, teacher.spec, device, DistContext(), RunPaths(workdir))
-        self.trainer.total_steps = 10**9  # a constant learning rate over the few steps measured
-        self.trainer.configure_schedule(0)
+        # the measured steps stay early in a long warm-up: the speed does not depend on the learning rate, and a
+        # full-rate start from random weights on noise can diverge (the step then stops the run, as it should)
+        self.trainer.total_steps = 10**9
+        self.trainer.configure_schedule(warmup_steps)
         self.feed = HostFeed(case.size, case.batch, device, seed)
         embed_dim = teacher.embedding_dim or teacher.num_classes
         # ignored with the teacher online (the step computes its own targets); present for the signature

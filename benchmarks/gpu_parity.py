@@ -88,8 +88,8 @@ def run_steps(
     """`steps` training steps of the package's Trainer on `device`; returns the run and the initial weights
     (pass them to the next run so both start from the same place)."""
     with tempfile.TemporaryDirectory() as folder:
-        bench = Bench(case, teacher_on(teacher, device), device, seed, [*CHECK_OVERRIDES, *(overrides or [])],
-                      Path(folder))  # fmt: skip
+        overrides = [*CHECK_OVERRIDES, *(overrides or [])]
+        bench = Bench(case, teacher_on(teacher, device), device, seed, overrides, Path(folder), warmup_steps=0)
         net = bench.trainer.net
         if initial is not None:
             net.load_state_dict(initial)
