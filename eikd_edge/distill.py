@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from eikd_edge import __version__
+from eikd_edge.agreement import agreement_slice
 from eikd_edge.atomic import write_json_atomic, write_yaml_atomic
 from eikd_edge.config import Recipe
 from eikd_edge.data import (
@@ -41,7 +42,7 @@ from eikd_edge.runfolder import (
 from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, progress_bar, scan_folder, score_pool
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
-from eikd_edge.trainer import Trainer
+from eikd_edge.trainer import Checks, Trainer
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,10 @@ def run_selection(
         extras["synthesis"] = _synthesize_for_run(teacher, recipe, run, device, ctx)
         pools.append(score_pool(teacher, run.synthetic, device, batch, run.synthetic_outputs, ctx, want_bn))
     pool = pools[0] if len(pools) == 1 else merge_pools(pools[0], pools[1])
-    selection = select(pool, teacher.spec.classes, recipe.selection, recipe.method, recipe.train.seed)
+    field_count = len(pools[0].paths) if inputs.unlabeled is not None else 0  # field images come first
+    cfg = recipe.selection
+    agreement = agreement_slice(pool.paths[:field_count], cfg.agreement_fraction, cfg.agreement_max)
+    selection = select(pool, teacher.spec.classes, cfg, recipe.method, recipe.train.seed, agreement)
     if novel is not None:
         report = find_novel(pool.logits, pool.embeddings, pool.paths, teacher.spec.classes, novel)
         extras["novel"] = report.to_json()
@@ -340,12 +344,13 @@ def _distill(
     pool = selection.pool
     train_images, train_idx = _decode_subset(pool, selection.train_indices, spec)
     hold_images, hold_idx = _decode_subset(pool, selection.holdout_indices, spec)
+    agree_images, agree_idx = _decode_subset(pool, selection.agreement_indices, spec)
     if len(train_idx) < 2:
         raise EikdError("fewer than 2 usable training images after selection; add field images or raise keep_fraction")
     val = load_labeled_folder(inputs.val, spec) if inputs.val else None
     trainer = Trainer(recipe, teacher, spec, device, ctx, run)
     replacement.commit()  # the new run is about to write its first checkpoint: the old one goes for good
-    trainer.fit(pool, train_images, train_idx, hold_images, hold_idx, val, resume)
+    trainer.fit(pool, train_images, train_idx, Checks(hold_images, hold_idx, agree_images, agree_idx), val, resume)
     metrics = trainer.metrics(selection, inputs.val) if ctx.is_main else {}
     trainer.release()  # the DDP wrapper goes before the process group it talks through
     if ctx.is_main and "synthesis" in extras:

@@ -204,6 +204,7 @@ def distill_command(
     result = distill(inputs, settings, out, resume=resume, overwrite=overwrite)
     if result.is_main:
         print_distill_summary(result)
+        print_next(out)
 
 
 def quickstart(
@@ -224,6 +225,11 @@ def quickstart(
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")
     result = distill(inputs, settings, out, overwrite=True)
     print_distill_summary(result)
+    print_next(out)
+
+
+def print_next(out: Path) -> None:
+    """What to run after a distillation: distill and quickstart end with the same lines."""
     print_command("next:", f"eikd-edge export {out} --onnx --int8")
     print_command("then:", f"eikd-edge validate {out}")
 

@@ -75,6 +75,15 @@ def export(
         typer.Option("--images", help="Field images for calibration and parity.", show_default="the run's selection"),
     ] = None,
     trust_pickle: TrustPickle = False,
+    qad: Annotated[
+        str,
+        typer.Option(
+            "--qad",
+            metavar="auto|always|never",
+            help="Quantization-aware distillation for --int8: a short fine-tune through the INT8 quantization "
+            "against the FP32 student (auto: when no post-training setting passes the gate).",
+        ),
+    ] = "auto",
 ) -> None:
     """Export the run's student; without format flags, the target's default formats.
 
@@ -82,6 +91,7 @@ def export(
     """
     from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
     from eikd_edge.export.pipeline import export_run
+    from eikd_edge.export.quantize import QAD_MODES
     from eikd_edge.runfolder import writing_run
 
     if (fp16 or fp32) and not trt:
@@ -92,6 +102,8 @@ def export(
         raise EikdError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
         raise EikdError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (17 suits TensorRT 8.5+), got {opset}")
+    if qad not in QAD_MODES:
+        raise EikdError(f"--qad must be one of {', '.join(QAD_MODES)}, got {qad!r}")
     if calib_images < 1:
         raise EikdError("--calib-images must be at least 1")
     target = target or (DEFAULT_TRT_TARGET if trt else DEFAULT_TARGET)
@@ -109,6 +121,7 @@ def export(
         resolve_threads(threads),
         images,
         trust_pickle,
+        qad,
     )
     with writing_run(run, "export"):
         result = export_run(run, request)
@@ -136,6 +149,7 @@ def _request(
     threads: int,
     images: Path | None,
     trust_pickle: bool,
+    qad: str = "auto",
 ) -> ExportRequest:
     from eikd_edge.export.pipeline import ExportRequest
     from eikd_edge.export.targets import load_target
@@ -150,7 +164,7 @@ def _request(
         else:
             int8 = "int8" in target.precisions
     common = {"target": target_name, "opset": opset, "exporter": exporter, "gate": gate, "images": images}
-    common["trust_pickle"] = trust_pickle
+    common.update(trust_pickle=trust_pickle, qad=qad)
     return ExportRequest(onnx, int8, trt_precisions, calib_images=calib_images, threads=threads, **common)
 
 
@@ -180,6 +194,8 @@ def _print(result: ExportResult) -> None:
         console.print(
             f"INT8 setting chosen on this machine: [bold]{escape(quant['chosen']['label'])}[/] ({_int8_line(quant)})"
         )
+        if quant.get("qad"):
+            console.print(escape(_qad_line(quant["qad"])), highlight=False)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.script is not None:
@@ -197,6 +213,17 @@ def _int8_line(quant: dict) -> str:
     return (
         f"{chosen['latency_ms_batch']:.2f} ms vs FP32 {fp32['latency_ms_batch']:.2f} ms at batch {batch}, "
         f"agreement with FP32 {chosen['agree_fp32']:.2%}"
+    )
+
+
+def _qad_line(qad: dict) -> str:
+    """What quantization-aware distillation did, in one line."""
+    head = f"quantization-aware distillation ({qad['trigger']}; {qad['base']})"
+    if "skipped" in qad:
+        return f"{head} could not run: {qad['skipped']}"
+    return (
+        f"{head}: {qad['steps']} steps in {qad['train_s']:.0f} s on {qad['images']} field images the gate does not "
+        f"grade; agreement with FP32 {qad['base_agree_fp32']:.2%} post-training -> {qad['agree_fp32']:.2%}"
     )
 
 

@@ -24,6 +24,7 @@ from eikd_edge.export.device_bundle import clear_other_target, copy_device_scrip
 from eikd_edge.export.fieldset import folder_images, run_field_images
 from eikd_edge.export.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format
 from eikd_edge.export.fp16 import write_fp16
+from eikd_edge.export.qad import spare_field_images
 from eikd_edge.export.quantize import choose_int8, quantize_for_tensorrt
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
@@ -46,6 +47,7 @@ class ExportRequest:
     threads: int = 0
     latency_budget_s: float = 1.0
     images: Path | None = None  # a folder of field images, when the run's pool folder is not at hand
+    qad: str = "auto"  # quantization-aware distillation: auto (when post-training INT8 fails) | always | never
     trust_pickle: bool = False  # from the command line only: may the teacher's file be unpickled
 
 
@@ -235,6 +237,8 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
         batch=ctx.target.batch.opt,
         threads=ctx.request.threads,
         budget_s=ctx.request.latency_budget_s,
+        qad=ctx.request.qad,
+        qad_images=lambda: _qad_images(ctx),
     )
     entry = _entry(ctx, "onnx-int8", path, result.build_s, _opset(path), _onnx_logits(ctx, path, "onnx-int8"))
     entry.update(quantization=result.record(), source="student.onnx")
@@ -242,6 +246,12 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
     if entry["status"] == "failed_gate" and advice:
         entry["reason"] = f"{entry['reason']}; {advice}"
     return entry
+
+
+def _qad_images(ctx: _Context) -> np.ndarray | None:
+    """Normalised field images for quantization-aware distillation, none of them among the gate's images."""
+    spare = spare_field_images(ctx.run, ctx.ckpt.spec, set(ctx.ref.images.paths), ctx.request.images)
+    return None if spare is None else normalize(spare.images, ctx.ckpt.spec).numpy()
 
 
 def _build_engine(ctx: _Context, onnx_path: Path, precision: str) -> dict[str, Any]:

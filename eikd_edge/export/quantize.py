@@ -17,7 +17,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from eikd_edge.atomic import write_atomic
 from eikd_edge.errors import EikdError
+from eikd_edge.export.agreement import wilson_interval
 from eikd_edge.export.onnx import INPUT_NAME, OUTPUT_NAME
 
 CALIBRATION_BATCH = 16
@@ -90,12 +91,20 @@ class Candidate:
     max_abs_dlogit: float
     passed: bool
     fp32_nodes: tuple[str, ...] = ()  # kept in FP32 by the sensitivity pass
+    method: str = "ptq"  # ptq | qad (weights fine-tuned through this setting's quantization first)
+    n_images: int = 0  # the gate images agree_fp32 was measured on
+
+    @property
+    def wilson(self) -> tuple[float, float]:
+        return wilson_interval(round(self.agree_fp32 * self.n_images), self.n_images)
 
     def to_dict(self) -> dict[str, Any]:
+        low, high = self.wilson
         return {
-            "label": self.setting.label,
+            "label": self.setting.label + (" QAD" if self.method == "qad" else ""),
             **asdict(self.setting),
             **{k: v for k, v in asdict(self).items() if k != "setting"},
+            "agree_fp32_wilson95": [round(low, 6), round(high, 6)],
         }
 
 
@@ -110,14 +119,16 @@ class QuantResult:
     build_s: float
     evaluation_images: int = 0
     sensitivity: list[dict[str, Any]] = field(default_factory=list)  # ranked nodes, when no setting passed as is
+    qad: dict[str, Any] | None = None  # what quantization-aware distillation did, when it ran
 
     def record(self) -> dict[str, Any]:
         return {
+            "method": self.chosen.method,
             "chosen": self.chosen.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
             "fp32": {"latency_ms_b1": self.fp32_latency_ms_b1, "latency_ms_batch": self.fp32_latency_ms_batch},
-            "selection_rule": "fastest at the target's opt batch among candidates passing the gate vs FP32 ONNX; "
-            "if none passes, the most faithful with its most sensitive nodes kept in FP32",
+            "selection_rule": SELECTION_RULE,
+            "qad": self.qad,
             "calibration_images": self.calibration_images,
             "calibration_method": self.chosen.setting.calibration,
             "evaluation_images": self.evaluation_images,
@@ -252,6 +263,35 @@ def agreement(logits: np.ndarray, reference: np.ndarray) -> float:
     return float((logits.argmax(1) == reference.argmax(1)).mean())
 
 
+SELECTION_RULE = (
+    "among candidates passing the gate vs the FP32 ONNX: the fastest at the target's opt batch whose 95% Wilson "
+    "lower bound also clears the gate, else the fastest; if none passes (post-training), quantization-aware "
+    "distillation of the most faithful setting no slower than 1.5x the fastest; if that fails too, the most "
+    "faithful with its most sensitive nodes kept in FP32"
+)
+QAD_MODES = ("auto", "always", "never")
+QAD_SLOWDOWN = 1.5  # a QAD base setting may be this much slower than the fastest candidate, no more
+
+
+def select(passing: list[Candidate], gate: float) -> Candidate:
+    """The fastest candidate whose Wilson lower bound clears the gate (it would pass on most samples, so on
+    another machine's timings too), else the fastest that passes."""
+    robust = [c for c in passing if c.wilson[0] >= gate]
+    return min(robust or passing, key=lambda c: c.latency_ms_batch)
+
+
+def qad_trigger(results: list[Candidate], gate: float, n_images: int) -> str | None:
+    """Why quantization-aware distillation should run in "auto" mode, or None. It runs when no post-training
+    setting passes, and also when one passes only by a hair (no Wilson lower bound clears the gate) on a sample large
+    enough for a lower bound to clear it at all (about 380 images at a 0.99 gate): a pass by a hair is one that
+    another machine's kernels can turn into a failure."""
+    if not any(c.passed for c in results):
+        return "no post-training setting passed the gate"
+    if wilson_interval(n_images, n_images)[0] >= gate and not any(c.passed and c.wilson[0] >= gate for c in results):
+        return "post-training settings pass the gate only by a hair (no 95% lower bound clears it)"
+    return None
+
+
 def choose_int8(
     fp32: Path,
     out: Path,
@@ -262,13 +302,21 @@ def choose_int8(
     threads: int = 0,
     budget_s: float = 1.0,
     candidates: tuple[QuantSetting, ...] = CANDIDATES,
+    qad: str = "auto",
+    qad_images: Callable[[], np.ndarray | None] | None = None,
+    qad_steps: int | None = None,
 ) -> QuantResult:
-    """Quantize every candidate, measure latency and agreement with FP32, write the winner to `out` atomically;
-    when none passes, keep the most sensitive nodes of the most faithful one in FP32 until it does."""
+    """Quantize every candidate, measure latency and agreement with FP32, write the winner to `out` atomically.
+    When `qad_trigger` says so (or `qad` is "always"), fine-tune through the quantization on `qad_images()` (never
+    the gate's images; decoded only then) and grade that too; when still none passes, keep the most sensitive
+    nodes of the most faithful one in FP32 until it does."""
     if len(calib) == 0 or len(evaluation) == 0:
         raise EikdError("INT8 calibration needs field images; the run's selection has none decodable")
     start = time.perf_counter()
+    if qad not in QAD_MODES:
+        raise EikdError(f"--qad must be one of {', '.join(QAD_MODES)}, got {qad!r}")
     reference = run_logits(session(fp32, threads), evaluation)
+    n = len(evaluation)
     x1, xb = evaluation[:1], _batch_of(evaluation, batch)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as tmp:
         cache = Path(tmp)
@@ -281,30 +329,51 @@ def choose_int8(
             logits = run_logits(sessions[i + 1], evaluation)
             agree = agreement(logits, reference)
             dlogit = float(np.abs(logits - reference).max())
-            results.append(Candidate(setting, lat_b1[i + 1], lat_bn[i + 1], len(xb), agree, dlogit, agree >= gate))
+            results.append(
+                Candidate(setting, lat_b1[i + 1], lat_bn[i + 1], len(xb), agree, dlogit, agree >= gate, n_images=n)
+            )
+        sources = {id(c): p for c, p in zip(results, paths, strict=True)}
+        qad_record = None
+        trigger = "requested" if qad == "always" else qad_trigger(results, gate, n) if qad == "auto" else None
+        if trigger is not None:
+            from eikd_edge.export.qad import qad_candidate
+
+            spare = qad_images() if qad_images else None
+            tuned = qad_candidate(
+                fp32, results, paths, calib, spare, evaluation, reference, gate, cache, threads,
+                (sessions[0], x1, xb, budget_s), qad_steps,
+            )  # fmt: skip
+            qad_record = {"trigger": trigger, **tuned.record}
+            if tuned.candidate is not None:
+                results.append(tuned.candidate)
+                sources[id(tuned.candidate)] = tuned.path
         passing = [c for c in results if c.passed]
         sensitivity: list[dict[str, Any]] = []
         if passing:
-            chosen = min(passing, key=lambda c: c.latency_ms_batch)
-            source = paths[candidates.index(chosen.setting)]
+            chosen = select(passing, gate)
+            source = sources[id(chosen)]
         else:
             best = max(results, key=lambda c: (c.agree_fp32, -c.latency_ms_batch))
-            mixed = keep_sensitive_in_fp32(fp32, best.setting, calib, evaluation, reference, gate, cache, threads)
+            ptq_best = max(results[: len(candidates)], key=lambda c: (c.agree_fp32, -c.latency_ms_batch))
+            mixed = keep_sensitive_in_fp32(fp32, ptq_best.setting, calib, evaluation, reference, gate, cache, threads)
             sensitivity = mixed.ranking
-            chosen, source = best, paths[candidates.index(best.setting)]
+            chosen, source = best, sources[id(best)]
             if mixed.agree > best.agree_fp32:
                 mixed_session = session(mixed.path, threads)
                 b1 = interleaved_latency([sessions[0], mixed_session], x1, budget_s / 4)[1]
                 bn = interleaved_latency([sessions[0], mixed_session], xb, budget_s / 4)[1]
                 dlogit = float(np.abs(run_logits(mixed_session, evaluation) - reference).max())
                 chosen = Candidate(
-                    best.setting, b1, bn, len(xb), mixed.agree, dlogit, mixed.agree >= gate, mixed.excluded
-                )
+                    ptq_best.setting, b1, bn, len(xb), mixed.agree, dlogit, mixed.agree >= gate, mixed.excluded,
+                    n_images=n,
+                )  # fmt: skip
                 results.append(chosen)
                 source = mixed.path
         write_atomic(out, lambda t: shutil.copyfile(source, t))
     elapsed = time.perf_counter() - start
-    return QuantResult(out, chosen, results, lat_b1[0], lat_bn[0], len(calib), elapsed, len(evaluation), sensitivity)
+    return QuantResult(
+        out, chosen, results, lat_b1[0], lat_bn[0], len(calib), elapsed, len(evaluation), sensitivity, qad_record
+    )
 
 
 @dataclass(frozen=True)

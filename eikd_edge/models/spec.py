@@ -63,16 +63,24 @@ class InputSpec:
 
 
 def parse_input_size(value: Any, source: str = "input size") -> tuple[int, int]:
-    """Accept 32, "32", "32x48", [32, 48] and return (H, W); each side a whole number of pixels in bounds."""
+    """Accept 32, "32", "32x48", [32, 48] (H×W) and [3, 32, 48] (C×H×W, how most people write a model's input
+    shape) and return (H, W); each side a whole number of pixels in bounds."""
     raw = value
     if isinstance(value, str):
         parts = value.lower().replace(",", "x").split("x")
         value = [p.strip() for p in parts if p.strip()]
     elif not isinstance(value, list | tuple):
         value = [value]
-    sizes = [_whole_number(v) for v in value] if len(value) in (1, 2) else []
+    sizes = [_whole_number(v) for v in value] if len(value) in (1, 2, 3) else []
     if not sizes or any(s is None for s in sizes):
-        raise EikdError(f"{source}: cannot read input size {raw!r}; use e.g. 224 or 224x224")
+        raise EikdError(f"{source}: cannot read input size {raw!r}; use e.g. 224, 224x224 or [3, 224, 224]")
+    if len(sizes) == 3:
+        if sizes[0] != 3:
+            raise EikdError(
+                f"{source}: input size {raw!r} reads as channels x height x width with {sizes[0]} channels; "
+                "eikd-edge feeds RGB images (3 channels): use [3, H, W] or H x W"
+            )
+        sizes = sizes[1:]
     height, width = sizes[0], sizes[-1]
     assert height is not None and width is not None
     if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:

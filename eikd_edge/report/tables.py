@@ -156,7 +156,8 @@ def history(report: Report) -> TextTable:
         "Training history",
         ("epoch", "step", "wall", *(f"loss {k}" for k in terms), "agreement", "val top-1"),
         rows,
-        "agreement: with the teacher on the held-out field slice (picks the best epoch without labels)",
+        "agreement: with the teacher on the fixed field slice no method trains on (picks the best epoch "
+        "without labels)",
     )
 
 
@@ -333,7 +334,7 @@ def training_summary(report: Report) -> str:
     return (
         f"Method {tr.method}: {s.get('epochs', '?')} epochs, {s.get('steps', '?')} steps, "
         f"{t.seconds(s.get('wall_s'))} on {s.get('device', '?')} ({t.rate(s.get('images_per_s'))} images/s); "
-        f"best epoch {tr.best_epoch} (by teacher agreement on held-out field images)."
+        f"best epoch {tr.best_epoch} (by teacher agreement on the fixed field slice no method trains on)."
     )
 
 
