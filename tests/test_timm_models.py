@@ -70,7 +70,14 @@ def test_a_timm_teacher_takes_its_input_spec_from_pretrained_cfg(tmp_path: Path)
     assert teacher.format == "state_dict" and teacher.num_classes == 10
     assert teacher.spec.input_size == (160, 160)
     assert teacher.spec.mean == (0.5, 0.5, 0.5) and teacher.spec.std == (0.5, 0.5, 0.5)
-    assert timm_zoo.input_defaults("timm:test_vit") == {"input_size": [160, 160], "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert timm_zoo.input_defaults("timm:test_vit") == {
+        "input_size": [160, 160],
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bicubic",
+        "resize": "center_crop",
+        "crop_pct": 0.95,
+    }
 
 
 def test_the_sidecar_and_the_flags_override_pretrained_cfg(tmp_path: Path) -> None:
