@@ -121,15 +121,13 @@ def describe(spec: InputSpec) -> str:
     box_h, box_w = resize_box(spec)
     size = f"{h}x{w}"
     if spec.resize == "letterbox":
-        text = f"letterbox: fit inside {size}, pad with {_pad(spec.pad_value)}"
+        text = f"letterbox: fit inside {size}, pad {_pad(spec.pad_value)}"
     elif spec.resize == "squash":
         text = f"squash to {box_h}x{box_w}" + (f", centre crop {size}" if (box_h, box_w) != (h, w) else "")
-    elif (box_h, box_w) == (h, w):
-        text = f"resize shorter side to {min(h, w)}, centre crop {size} (whole image)"
+    elif box_h == box_w or (box_h, box_w) == (h, w):
+        text = f"shorter side to {min(box_h, box_w)}, centre crop {size}"
     else:
-        text = f"resize to cover {box_h}x{box_w}, centre crop {size} (crop_pct {spec.crop_pct:.3g})"
-        if box_h == box_w:
-            text = f"resize shorter side to {box_h}, centre crop {size} (crop_pct {spec.crop_pct:.3g})"
+        text = f"cover {box_h}x{box_w}, centre crop {size}"
     return f"{text}, {spec.interpolation}"
 
 
