@@ -146,7 +146,7 @@ def _resolve_spec(path: Path, overrides: dict[str, Any], arch: str | None = None
             data.update(read_sidecar(sidecar))
         except EikdError as exc:  # a YAML parser error spans several lines (with ^ markers): keep it to one
             raise EikdError(
-                _one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes/--resize"
+                _one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes"
             ) from None
     given = {k: v for k, v in overrides.items() if v is not None}
     if any(key in given for key in GEOMETRY_KEYS):
