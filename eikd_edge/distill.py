@@ -188,7 +188,7 @@ def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> FolderScan:
     reasons: dict[str, int] = {}
     for path in paths[:PREFLIGHT_DECODES]:
         try:
-            decode_image(path, spec.input_size)
+            decode_image(path, spec)
             break
         except BadImage as bad:
             reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
@@ -288,7 +288,7 @@ def _decode_subset(pool: PoolScores, indices: np.ndarray, spec: InputSpec) -> tu
     paths = [confined(pool.root, pool.paths[i]) for i in indices]
     report = DecodeReport()
     images, kept = [], []
-    for batch in iter_decoded(paths, spec.input_size, 512, report):
+    for batch in iter_decoded(paths, spec, 512, report):
         images.append(batch.images)
         kept.extend(batch.indices)
     if not kept:

@@ -13,6 +13,7 @@ from eikd_edge.commands.options import (
     InputSize,
     Mean,
     Overrides,
+    Resize,
     Std,
     TeacherArch,
     TeacherPath,
@@ -61,6 +62,7 @@ def select_command(
     mean: Mean = None,
     std: Std = None,
     classes: Classes = None,
+    resize: Resize = None,
     sampler: Sampler = None,
     novel: Annotated[
         bool, typer.Option("--novel", help="Cluster the field images the teacher cannot place (novel classes).")
@@ -80,7 +82,7 @@ def select_command(
 
     settings = load_recipe(recipe, [*(overrides or []), *([f"selection.sampler={sampler}"] if sampler else [])])
     inputs = DistillInputs(
-        teacher, unlabeled, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
+        teacher, unlabeled, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes, resize)
     )
     novel_config = NovelConfig(clusters=novel_clusters, seed=settings.train.seed) if novel else None
     with writing_run(out, "select", create=True) as run:
@@ -176,6 +178,7 @@ def distill_command(
     mean: Mean = None,
     std: Std = None,
     classes: Classes = None,
+    resize: Resize = None,
 ) -> None:
     """Select useful field images with the teacher and distil a compact student (EIKD)."""
     from eikd_edge.commands.summary import print_distill_summary
@@ -199,7 +202,7 @@ def distill_command(
             extra.append(f"{key}={value}")
     settings = load_recipe(recipe, extra)
     inputs = DistillInputs(
-        teacher, unlabeled, val, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
+        teacher, unlabeled, val, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes, resize)
     )
     result = distill(inputs, settings, out, resume=resume, overwrite=overwrite)
     if result.is_main:

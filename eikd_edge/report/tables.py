@@ -222,6 +222,12 @@ def _device_rows(device: Any) -> tuple[list[tuple[str, ...]], list[str]]:
     return rows, notes
 
 
+def _preprocess_note(result: BenchResult) -> str:
+    """Files to the uint8 inputs the table starts from, timed on the same images: add it for files in, logits out."""
+    times = ", ".join(f"batch {p.batch}: p50 {t.ms(p.latency_ms.p50)}" for p in result.preprocess)
+    return f"before these times, field files to inputs ({result.preprocess[0].policy}; 1 thread): {times} ms"
+
+
 def bench(result: BenchResult | None, failed: Collection[str] = ()) -> TextTable:
     """Compact enough for a 100-column terminal: skip/fail reasons and budget stops go to footnotes.
 
@@ -262,6 +268,8 @@ def bench(result: BenchResult | None, failed: Collection[str] = ()) -> TextTable
         )
     if few:
         notes.append(f"timings from fewer than {MIN_ITERS} iterations are unreliable (`--iters 200` for real figures)")
+    if result and result.preprocess:
+        notes.append(_preprocess_note(result))
     machine = (result.machine if result else {}) or {}
     threads = sorted({r.threads for r in (result.rows if result else []) if r.threads})
     caption = (
