@@ -33,7 +33,7 @@ from eikd_edge.errors import EikdError
 from eikd_edge.models.pretrained import build_student
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
-from eikd_edge.models.zoo import count_parameters, size_warning
+from eikd_edge.models.zoo import size_warning
 from eikd_edge.novel import NovelConfig, find_novel
 from eikd_edge.run import RunPaths
 from eikd_edge.runfolder import (
@@ -319,10 +319,14 @@ def prepare_student(
     else:
         student, loaded = build_student(cfg.arch, teacher.num_classes, cfg.width, cfg.weights, trust_pickle)
         weights = loaded.to_json() if loaded else None
-    warning = size_warning(cfg.arch, count_parameters(student), teacher.num_parameters())
-    if warning and ctx.is_main:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return student, weights
+
+
+def _warn_if_large(arch: str, student_params: int, teacher_params: int) -> None:
+    """Said with the results (the summary shows both sizes), so that an error stays the only line of a failed run."""
+    warning = size_warning(arch, student_params, teacher_params)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def _decode_subset(
@@ -407,5 +411,6 @@ def _distill(
         write_json_atomic(run.metrics, metrics)
         if not keep_state:  # the run is complete: nothing is left to resume
             run.train_state.unlink(missing_ok=True)
+        _warn_if_large(recipe.student.arch, metrics["student"]["params"], metrics["teacher"]["params"])
     barrier(ctx)
     return DistillResult(run, metrics, selection, ctx.is_main)
