@@ -112,8 +112,8 @@ def size_warning(arch: str, student_params: int, teacher_params: int) -> str | N
         return None
     return (
         f"the student {arch} has {student_params / 1e6:.2f}M parameters, {student_params / teacher_params:.2f}x its "
-        f"teacher's {teacher_params / 1e6:.2f}M: it will not run much faster than the teacher; pick a smaller --student "
-        "(`eikd-edge models`)"
+        f"teacher's {teacher_params / 1e6:.2f}M: it will not run much faster than the teacher; pick a smaller "
+        "--student (`eikd-edge models`)"
     )
 
 
