@@ -100,6 +100,16 @@ def test_a_pickled_model_needs_trust(tmp_path: Path) -> None:
     assert torch.equal(student.state_dict()["stem.0.weight"], model.state_dict()["stem.0.weight"])
 
 
+def test_code_in_a_weights_file_never_runs(tmp_path: Path) -> None:
+    from tests.test_hostile_files import _plant_pickle
+
+    marker = tmp_path / "code_ran"
+    _plant_pickle(tmp_path / "w.pt", marker)
+    with pytest.raises(EikdError, match="--trust-pickle"):
+        build_student("cifar_resnet8", 10, 1.0, str(tmp_path / "w.pt"))
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     ("payload", "words"),
     [
