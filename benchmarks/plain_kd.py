@@ -34,7 +34,7 @@ STUDENT, BATCH, LR, TAU, PAD, WARMUP = "cifar_resnet8", 128, 0.1, 4.0, 4, 0.05
 
 def decode_pool(folder: Path, spec: InputSpec) -> torch.Tensor:
     """Every decodable image under `folder` as uint8 [N, 3, H, W], decoded the way eikd-edge decodes."""
-    batches = iter_decoded(scan_images(folder), spec.input_size, 512, DecodeReport())
+    batches = iter_decoded(scan_images(folder), spec, 512, DecodeReport())
     return torch.cat([batch.images for batch in batches])
 
 

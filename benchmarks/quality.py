@@ -13,7 +13,10 @@ EIKD ablations, the teacher, and the plain-KD reference, over several seeds.
   the eikd-defaults run of the same seed.
 * "slice agreement": top-1 agreement with the teacher on ONE fixed 15% slice of the field pool, drawn once
   (seed 0) before anything trains, excluded from every run's training pool and identical for every method
-  and seed; every run trains on the other 85%. "agreement" is the engine's own (its held-out selection).
+  and seed; every run trains on the other 85%. "agreement" is the engine's own on its fixed field slice (drawn
+  from the pool by path hash, also excluded from every method's training); "holdout agreement" is the engine's
+  diagnostic on its selection's own held-out share. "picked"/"last": true val top-1 at the epoch the label-free
+  criterion picks and at the last epoch (one run gives both, whatever train.keep says).
 
 Writes benchmarks/results/quality-<task>.json (kept local), prints a markdown table and saves
 benchmarks/plots/quality-<task>.png (val top-1 against training seconds, mean over seeds).
@@ -79,12 +82,19 @@ def run_engine(task: Task, field: Path, overrides: list[str], seed: int, out: Pa
     return {
         "top1": dig(metrics, "student.top1"),
         "agreement": dig(metrics, "agreement.top1"),
+        "holdout_agreement": dig(metrics, "agreement.selection_holdout.top1"),
+        "picked_epoch": dig(metrics, "epochs.picked.epoch"),
+        "picked_top1": dig(metrics, "epochs.picked.val_top1"),
+        "last_top1": dig(metrics, "epochs.last.val_top1"),
         **cut.score(student),
         "wall_s": dig(metrics, "train.wall_s"),
         "total_s": round(total_s, 3),
         "steps": dig(metrics, "train.steps"),
         "train_images": dig(metrics, "selection.train"),
-        "history": [{"wall_s": h.get("wall_s"), "val_top1": h.get("val_top1")} for h in metrics.get("history", [])],
+        "history": [
+            {k: h.get(k) for k in ("epoch", "wall_s", "val_top1", "agreement", "holdout_agreement")}
+            for h in metrics.get("history", [])
+        ],
         "metrics": metrics,
     }
 

@@ -77,7 +77,7 @@ def split_field(task: Task, train_folder: Path, fraction: float) -> tuple[Path, 
             shutil.copyfile(task.field / name, target)
     teacher = load_teacher(task.teacher)
     names = sorted(chosen)
-    batches = list(iter_decoded([task.field / n for n in names], teacher.spec.input_size, 512, DecodeReport()))
+    batches = list(iter_decoded([task.field / n for n in names], teacher.spec, 512, DecodeReport()))
     kept = [names[i] for b in batches for i in b.indices]
     images = torch.cat([b.images for b in batches])
     labels = torch.cat([teacher.predict(normalize(b.images, teacher.spec))[0].argmax(1) for b in batches])

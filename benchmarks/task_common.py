@@ -209,7 +209,7 @@ def score_teacher(teacher_path: Path, val: Path, field: Path, truth: Path) -> di
     rows = [r for r in read_truth(truth) if r["kind"] == "in-class"]
     if rows:
         paths = [field / r["path"] for r in rows]
-        batches = list(iter_decoded(paths, teacher.spec.input_size, 256, DecodeReport()))
+        batches = list(iter_decoded(paths, teacher.spec, 256, DecodeReport()))
         kept = [i for b in batches for i in b.indices]
         pixels = torch.cat([b.images for b in batches])
         target = torch.tensor([teacher.spec.classes.index(rows[i]["label"]) for i in kept])

@@ -87,7 +87,7 @@ def selection_vs_inference(teacher, pool: Path, device: torch.device, batch: int
     selection_ips = len(scores.paths) / scores.seconds
     from eikd_edge.data import DecodeReport, iter_decoded, scan_images
 
-    decoded = torch.cat([b.images for b in iter_decoded(scan_images(pool), teacher.spec.input_size, 1024,
+    decoded = torch.cat([b.images for b in iter_decoded(scan_images(pool), teacher.spec, 1024,
                                                         DecodeReport())])  # fmt: skip
     with torch.inference_mode():  # warm-up, as for the selection pass
         teacher.predict(normalize(decoded[:batch].to(device), teacher.spec))
@@ -135,7 +135,7 @@ def main() -> None:
     from eikd_edge.data import DecodeReport, iter_decoded
 
     paths = [scores.root / p for p in scores.paths]
-    images = torch.cat([b.images for b in iter_decoded(paths, teacher.spec.input_size, 1024, DecodeReport())])
+    images = torch.cat([b.images for b in iter_decoded(paths, teacher.spec, 1024, DecodeReport())])
     train = distill_vs_plain(
         teacher, recipe, device, images.to(device), scores.logits.to(device), scores.embeddings.to(device), args.steps
     )

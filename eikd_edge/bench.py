@@ -1,9 +1,11 @@
 """Latency and throughput of every artifact of a run (and the teacher, for reference), per backend and batch size.
 
 What is timed is what an application sees: uint8 field images in, logits out, host to host and synchronous, with
-preprocessing included. Statistics are outlier-robust (median and tail percentiles) with mean ± std beside them, and
-a per-measurement time budget stops a slow backend from stalling the whole run (the number of iterations that ran is
-recorded). Torch on CUDA also gets device compute time from CUDA events.
+normalisation included. The step before it, decoding the field files and bringing them to the input size by the
+spec's resize policy (decode, EXIF, resize/crop/pad), is timed beside the rows on the same files. Statistics are
+outlier-robust (median and tail percentiles) with mean ± std beside them, and a per-measurement time budget stops a
+slow backend from stalling the whole run (the number of iterations that ran is recorded). Torch on CUDA also gets
+device compute time from CUDA events.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pydantic import BaseModel, ConfigDict
 from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
 from eikd_edge.checkpoint import load_student
-from eikd_edge.data import normalize
+from eikd_edge.data import confined, decode_image, normalize
 from eikd_edge.errors import EikdError
-from eikd_edge.export.fieldset import folder_images, run_field_images
+from eikd_edge.export.fieldset import FieldImages, folder_images, read_manifest, run_field_images
 from eikd_edge.export.formats import FORMATS, Format
 from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.latency import LatencyStats, Timing, cpu_count, cuda_compute, latency_stats, machine_info, time_calls
+from eikd_edge.models.spec import InputSpec
+from eikd_edge.preprocess import describe
 from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.run_results import model_quality
 from eikd_edge.runtime import TorchPredictor, make_predictor
@@ -65,6 +69,18 @@ class BenchRow(BaseModel):
         return self.status == "ok"
 
 
+class PreprocessTiming(BaseModel):
+    """Field files to the uint8 input the rows start from, by the spec's policy, at one batch size (one thread)."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: str  # preprocess.describe of the student's spec
+    batch: int
+    iters: int
+    budget_exhausted: bool = False
+    latency_ms: LatencyStats
+    images_per_s: float
+
+
 class BenchResult(BaseModel):
     """RUN/bench.json."""
 
@@ -75,6 +91,7 @@ class BenchResult(BaseModel):
     settings: dict[str, Any]
     images: dict[str, Any]
     rows: list[BenchRow]
+    preprocess: list[PreprocessTiming] = []  # empty in bench.json files written before it was timed
 
     def speedups(self, reference: str = "pytorch") -> dict[tuple[str, int], float]:
         """p50 speed-up of every measured row over the PyTorch eager student at the same batch size."""
@@ -164,6 +181,8 @@ def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
             rows += _backend_rows(run, backend, ckpt, images.images, device, options, quality)
     finally:
         torch.set_num_threads(previous_threads)
+    files = _image_files(run, options, images)
+    preprocess = [t for batch in options.batches if (t := _time_preprocess(files, ckpt.spec, batch, options))]
     result = BenchResult(
         created_with=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -174,9 +193,37 @@ def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
         },
         images={"source": images.source, "n": len(images), "tiled_to_batch": True},
         rows=rows,
+        preprocess=preprocess,
     )
     write_json_atomic(run.root / BENCH_FILE, result.model_dump(mode="json"))
     return result
+
+
+def _image_files(run: RunPaths, options: BenchOptions, images: FieldImages) -> list[Path]:
+    """The files the timed images were decoded from."""
+    root = options.images if options.images else read_manifest(run)[0]
+    return [confined(Path(root), p) for p in images.paths]
+
+
+def _time_preprocess(files: list[Path], spec: InputSpec, batch: int, options: BenchOptions) -> PreprocessTiming | None:
+    """Decode `batch` field files (tiled like the rows' images) into uint8 inputs by the spec's policy."""
+    if not files:
+        return None
+    tiled = [files[i % len(files)] for i in range(batch)]
+    try:
+        timing = time_calls(
+            lambda: [decode_image(path, spec) for path in tiled], options.warmup, options.iters, options.budget_s
+        )
+    except Exception:  # a file that vanished or changed since it was decoded: no figure rather than a wrong one
+        return None
+    return PreprocessTiming(
+        policy=describe(spec),
+        batch=batch,
+        iters=len(timing.samples_s),
+        budget_exhausted=timing.budget_exhausted,
+        latency_ms=latency_stats(timing.samples_s),
+        images_per_s=batch * len(timing.samples_s) / sum(timing.samples_s),
+    )
 
 
 def _check(options: BenchOptions) -> None:

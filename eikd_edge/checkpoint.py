@@ -109,7 +109,7 @@ def load_student(path: Path) -> StudentCheckpoint:
     """Rebuild the student from student.pt in eval mode."""
     path = Path(path)
     payload = _read_payload(path)
-    spec = InputSpec.from_dict(payload["spec"], source=str(path))
+    spec = InputSpec.from_record(payload["spec"], source=str(path))
     model = build_model(payload["arch"], len(spec.classes), **payload.get("arch_kwargs", {}))
     model.load_state_dict(payload["state_dict"])
     model.eval()

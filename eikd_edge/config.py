@@ -47,7 +47,17 @@ class SelectionConfig(_Strict):
     keep_fraction: float = Field(0.5, gt=0, le=1)
     balance: bool = True
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="cosine above which near-duplicates go")
-    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="selected samples kept for label-free validation")
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="selected samples held out of training (a diagnostic; flatters selective methods)"
+    )
+    agreement_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the whole field pool held out of every method's training to measure agreement with "
+        "the teacher (fixed by the pool, not the seed; raised towards 200 images on small pools; 0: off)",
+    )
+    agreement_max: int = Field(1000, ge=0, description="at most this many images in the agreement slice")
     batch_size: int = Field(256, gt=0)
 
 
@@ -139,6 +149,11 @@ class TrainConfig(_Strict):
     mix_alpha: float = Field(1.0, gt=0, description="Beta(α, α) for the mixing ratio")
     precise_bn: int = Field(
         1024, ge=0, description="training images that re-estimate BatchNorm statistics before each evaluation (0: off)"
+    )
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="student.pt holds best: the epoch with the highest agreement on the fixed field slice "
+        "(label-free), or last: the final epoch",
     )
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="mixed precision: auto = bf16 on GPUs that have it, else fp16; fp32 on CPU"
@@ -304,6 +319,31 @@ def _suggest(loc: tuple[Any, ...]) -> str:
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
             return ""
         model = field.annotation
+    exact = [p for p in _setting_paths(Recipe) if p.rsplit(".", 1)[-1] == str(loc[-1])]
+    if exact:  # the right name in the wrong section: `seed` is `train.seed`
+        return f"; did you mean {exact[0]!r}?"
     match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     prefix = ".".join(str(p) for p in loc[:-1])
-    return f"; did you mean {(prefix + '.' if prefix else '') + match[0]!r}?" if match else ""
+    if match:
+        return f"; did you mean {(prefix + '.' if prefix else '') + match[0]!r}?"
+    elsewhere = _suggest_elsewhere(str(loc[-1]))
+    return f"; did you mean {elsewhere!r}?" if elsewhere else ""
+
+
+def _setting_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every setting of the recipe as a dotted path, sections included (train, train.seed, train.augment.flip...)."""
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            paths.extend(_setting_paths(field.annotation, f"{path}."))
+    return paths
+
+
+def _suggest_elsewhere(name: str) -> str | None:
+    """A setting of that name (or close to it) in another section: `seed` -> `train.seed`."""
+    paths = _setting_paths(Recipe)
+    leaves = [p.rsplit(".", 1)[-1] for p in paths]
+    match = difflib.get_close_matches(name, leaves, n=1)
+    return paths[leaves.index(match[0])] if match else None

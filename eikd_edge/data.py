@@ -18,8 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from eikd_edge import preprocess
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
+
+Target = tuple[int, int] | InputSpec  # a spec brings its resize policy; a plain (H, W) means preprocess.legacy
 
 RUN_MARKER = "recipe.resolved.yaml"  # in a folder: maybe an eikd-edge run folder, never field images
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -186,12 +189,14 @@ def confined(root: Path, rel: str) -> Path:
     return Path(root) / text
 
 
-def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
-    """Decode to an HxWx3 uint8 array: EXIF orientation applied, shorter side resized, centre-cropped.
+def decode_image(path: Path, target: Target) -> np.ndarray:
+    """Decode to an HxWx3 uint8 array: EXIF orientation applied, then the spec's resize policy (preprocess.py).
 
     Every way a file can be unusable ends in `BadImage(reason)`; nothing else escapes except KeyboardInterrupt
     and the like (BaseException), which must still stop the run.
     """
+    spec = target if isinstance(target, InputSpec) else preprocess.legacy(target)
+    input_size = spec.input_size
     handle = _open_regular_file(path)
     try:
         with handle, Image.open(handle, formats=DECODE_FORMATS) as image:
@@ -202,13 +207,12 @@ def decode_image(path: Path, input_size: tuple[int, int]) -> np.ndarray:
             if pixels > DENSE_MIN_PIXELS and pixels > MAX_PIXELS_PER_BYTE * os.fstat(handle.fileno()).st_size:
                 raise BadImage(TOO_DENSE)
             if image.format == "JPEG":  # decode big JPEGs at 1/2..1/8 scale in the DCT: faster, far less memory
-                side = max(input_size)
-                image.draft(None, (side, side))
+                image.draft(None, preprocess.draft_request(spec, image.width, image.height, _orientation(image)))
             with DECODE_BUDGET.hold(image.width * image.height):
                 image.load()
                 image = _exif_transpose(image)
                 rgb = _to_rgb(image)
-                array = np.asarray(resize_center_crop(rgb, input_size), dtype=np.uint8)
+                array = np.asarray(preprocess.apply(rgb, spec), dtype=np.uint8)
     except BadImage:
         raise
     except Image.DecompressionBombError:  # PIL's own limit, hit while opening headers far above ours
@@ -247,6 +251,15 @@ def _open_regular_file(path: Path) -> BinaryIO:
         raise
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (read with the header, before any pixel); 1 (as stored) when absent or damaged."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF: exif_transpose will leave the pixels as stored too
+        return 1
+    return value if isinstance(value, int) else 1
+
+
 def _exif_transpose(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a damaged EXIF block leaves the pixels as stored rather than losing them."""
     try:
@@ -269,23 +282,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_center_crop(image: Image.Image, input_size: tuple[int, int]) -> Image.Image:
-    target_h, target_w = input_size
-    scale = max(target_h / image.height, target_w / image.width)
-    new_w, new_h = max(target_w, round(image.width * scale)), max(target_h, round(image.height * scale))
-    if new_w * new_h > max(image.width * image.height, 1 << 22):
-        # A sliver (1x60000) would be upscaled to gigabytes before the crop: resample only the centre box instead.
-        box_w, box_h = target_w / scale, target_h / scale
-        left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
-        return image.resize((target_w, target_h), Image.Resampling.BILINEAR, box=(left, top, left + box_w, top + box_h))
-    if (new_w, new_h) != image.size:
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - target_w) // 2, (new_h - target_h) // 2
-    return image.crop((left, top, left + target_w, top + target_h))
+    """Shorter side to the input size, centre crop, bilinear (the policy a plain size means)."""
+    return preprocess.apply(image, preprocess.legacy(input_size))
 
 
-def _decode_or_reason(path: Path, input_size: tuple[int, int]) -> np.ndarray | str:
+def _decode_or_reason(path: Path, target: Target) -> np.ndarray | str:
     try:
-        return decode_image(path, input_size)
+        return decode_image(path, target)
     except BadImage as bad:
         return bad.reason
 
@@ -298,7 +301,7 @@ class DecodedBatch:
 
 def iter_decoded(
     paths: Sequence[Path],
-    input_size: tuple[int, int],
+    target: Target,
     batch_size: int,
     report: DecodeReport,
     root: Path | None = None,
@@ -313,7 +316,7 @@ def iter_decoded(
     starts = range(0, len(paths), batch_size)
 
     def submit(pool: ThreadPoolExecutor, start: int) -> list[Future[np.ndarray | str]]:
-        return [pool.submit(_decode_or_reason, p, input_size) for p in paths[start : start + batch_size]]
+        return [pool.submit(_decode_or_reason, p, target) for p in paths[start : start + batch_size]]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = submit(pool, 0) if len(paths) else []
@@ -371,7 +374,7 @@ def load_labeled_folder(root: Path, spec: InputSpec) -> tuple[torch.Tensor, torc
             labels.append(spec.classes.index(class_dir.name))
     report = DecodeReport()
     images, kept = [], []
-    for batch in iter_decoded(paths, spec.input_size, 256, report, root):
+    for batch in iter_decoded(paths, spec, 256, report, root):
         images.append(batch.images)
         kept.extend(batch.indices)
     if not kept:

@@ -16,6 +16,7 @@ from rich.markup import escape
 from torch import nn
 
 from eikd_edge import __version__
+from eikd_edge.agreement import agreement_slice
 from eikd_edge.atomic import write_json_atomic, write_yaml_atomic
 from eikd_edge.checkpoint import student_weights_record
 from eikd_edge.config import Recipe
@@ -47,7 +48,7 @@ from eikd_edge.runfolder import (
 from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, progress_bar, scan_folder, score_pool
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
-from eikd_edge.trainer import Trainer
+from eikd_edge.trainer import Checks, Trainer
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,10 @@ def run_selection(
             )
         )
     pool = pools[0] if len(pools) == 1 else merge_pools(pools[0], pools[1])
-    selection = select(pool, teacher.spec.classes, recipe.selection, recipe.method, recipe.train.seed)
+    field_count = len(pools[0].paths) if inputs.unlabeled is not None else 0  # field images come first
+    cfg = recipe.selection
+    agreement = agreement_slice(pool.paths[:field_count], cfg.agreement_fraction, cfg.agreement_max)
+    selection = select(pool, teacher.spec.classes, cfg, recipe.method, recipe.train.seed, agreement)
     if novel is not None:
         report = find_novel(pool.logits, pool.embeddings, pool.paths, teacher.spec.classes, novel)
         extras["novel"] = report.to_json()
@@ -204,7 +208,7 @@ def _check_pool(root: Path, spec: InputSpec, run: RunPaths) -> FolderScan:
     reasons: dict[str, int] = {}
     for path in paths[:PREFLIGHT_DECODES]:
         try:
-            decode_image(path, spec.input_size)
+            decode_image(path, spec)
             break
         except BadImage as bad:
             reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
@@ -336,7 +340,7 @@ def _decode_subset(
     paths = [confined(pool.root, pool.paths[i]) for i in indices]
     report = DecodeReport()
     images, kept = [], []
-    for batch in iter_decoded(paths, spec.input_size, 512, report, workers=workers):
+    for batch in iter_decoded(paths, spec, 512, report, workers=workers):
         images.append(batch.images)
         kept.extend(batch.indices)
     if not kept:
@@ -396,12 +400,13 @@ def _distill(
     pool = selection.pool
     train_images, train_idx = _decode_subset(pool, selection.train_indices, spec, inputs.threads)
     hold_images, hold_idx = _decode_subset(pool, selection.holdout_indices, spec, inputs.threads)
+    agree_images, agree_idx = _decode_subset(pool, selection.agreement_indices, spec, inputs.threads)
     if len(train_idx) < 2:
         raise EikdError("fewer than 2 usable training images after selection; add field images or raise keep_fraction")
     val = load_labeled_folder(inputs.val, spec) if inputs.val else None
     trainer = Trainer(recipe, teacher, spec, device, ctx, run, student, weights)
     replacement.commit()  # the new run is about to write its first checkpoint: the old one goes for good
-    trainer.fit(pool, train_images, train_idx, hold_images, hold_idx, val, resume)
+    trainer.fit(pool, train_images, train_idx, Checks(hold_images, hold_idx, agree_images, agree_idx), val, resume)
     metrics = trainer.metrics(selection, inputs.val) if ctx.is_main else {}
     trainer.release()  # the DDP wrapper goes before the process group it talks through
     if ctx.is_main and "synthesis" in extras:

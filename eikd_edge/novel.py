@@ -6,6 +6,13 @@ flags hard in-class samples between two prototypes, and a low cosine alone also 
 classifies with confidence. Candidates are clustered with spherical k-means (cosine geometry, the teacher's
 embedding space), so each cluster is one new "thing" the field contains, with its nearest known class and a few
 examples to look at.
+
+Why a hand-written spherical k-means and cosine silhouette instead of scikit-learn's KMeans and silhouette_score:
+scikit-learn would become a runtime dependency (about 40 MB with scipy and joblib, on Jetsons often a source
+build) for two functions of about 60 lines over at most a few thousand candidates; its KMeans is Euclidean (it
+needs unit rows and still updates centres without re-normalising them, i.e. not spherical k-means) and
+silhouette_score(metric="cosine") is the same O(n²) computation done here on a seeded subsample. It stays a
+test/benchmark dependency only.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ def _score_shard(
     with progress_bar(disable=not show) as bar:
         task = bar.add_task("Scoring pool with the teacher", total=len(paths) * ctx.world_size, rate="")
         done = 0
-        for batch in iter_decoded(paths, teacher.spec.input_size, batch_size, report, root, workers):
+        for batch in iter_decoded(paths, teacher.spec, batch_size, report, root, workers):
             images = normalize(batch.images.to(device, non_blocking=True), teacher.spec)
             if device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -111,7 +111,7 @@ class Selection:
     confidence: np.ndarray  # [N]
     score: np.ndarray  # [N]
     selected: np.ndarray  # [N] bool
-    split: np.ndarray  # [N] "train" | "holdout" | ""
+    split: np.ndarray  # [N] "train" | "holdout" | "agreement" | ""
     per_class: list[dict[str, Any]]
     closeness_from: list[str] = field(default_factory=list)  # ODSD only: the signals behind `score`
 
@@ -122,6 +122,11 @@ class Selection:
     @property
     def holdout_indices(self) -> np.ndarray:
         return np.flatnonzero(self.split == "holdout")
+
+    @property
+    def agreement_indices(self) -> np.ndarray:
+        """The fixed slice of the whole pool no method trains on (eikd_edge.agreement)."""
+        return np.flatnonzero(self.split == "agreement")
 
     def to_json(self) -> dict[str, Any]:
         deficits = [c["name"] for c in self.per_class if c["deficit"] > 0]
@@ -140,6 +145,7 @@ class Selection:
             "selected_count": int(self.selected.sum()),
             "train_count": int((self.split == "train").sum()),
             "holdout_count": int((self.split == "holdout").sum()),
+            "agreement_count": int((self.split == "agreement").sum()),
             "classes": self.per_class,
             "classes_below_quota": deficits,
             "manifest": [
@@ -157,14 +163,26 @@ class Selection:
 
 
 def select(
-    pool: PoolScores, classes: tuple[str, ...], config: SelectionConfig, method: str = "eikd", seed: int = 0
+    pool: PoolScores,
+    classes: tuple[str, ...],
+    config: SelectionConfig,
+    method: str = "eikd",
+    seed: int = 0,
+    agreement: np.ndarray | None = None,
 ) -> Selection:
-    """EIKD: class-balanced top-scored; kd: whole pool; random: random subset of EIKD's size; dfnd: global top-k."""
+    """EIKD: class-balanced top-scored; kd: whole pool; random: random subset of EIKD's size; dfnd: global top-k.
+
+    `agreement`: pool indices of the fixed agreement slice; no method may select them.
+    """
     probs = pool.logits.softmax(dim=1)
     predicted = probs.argmax(dim=1).numpy()
     confidence = probs.max(dim=1).values.numpy()
     count = len(pool.paths)
-    budget = max(1, round(config.keep_fraction * count))
+    reserved = np.zeros(count, dtype=bool)
+    if agreement is not None:
+        reserved[agreement] = True
+    open_idx = np.flatnonzero(~reserved)
+    budget = max(1, round(config.keep_fraction * len(open_idx)))
     rng = np.random.default_rng(seed)
     odsd = config.sampler == "odsd" and method == "eikd"
     if odsd:  # sampled, not thresholded: near-distribution images are likely, and the subset stays diverse
@@ -174,7 +192,7 @@ def select(
         score_kind = "confidence" if method == "dfnd" else config.score
         score = in_distribution_scores(pool.logits, pool.embeddings, score_kind).numpy()
         order_key = score
-    ranked = _ranked_per_class(pool, predicted, order_key, len(classes), config)
+    ranked = _ranked_per_class(pool, predicted, order_key, len(classes), config, reserved)
     candidates = np.array([len(members) for members in ranked], dtype=np.int64)
     if config.balance:
         take, deficit = balanced_quotas(candidates, min(budget, int(candidates.sum())))
@@ -183,21 +201,22 @@ def select(
     eikd_choice = (
         np.sort(np.concatenate([members[:quota] for members, quota in zip(ranked, take, strict=True)]))
         if config.balance
-        else np.argsort(-order_key, kind="stable")[:budget]
+        else open_idx[np.argsort(-order_key[open_idx], kind="stable")][:budget]
     )
     size = len(eikd_choice)  # baselines get a subset of the same size, for an honest comparison
     chosen: np.ndarray
     if method == "kd":
-        chosen = np.arange(count)
+        chosen = open_idx
     elif method == "random":
-        chosen = np.sort(rng.choice(count, size=size, replace=False))
+        chosen = np.sort(rng.choice(open_idx, size=size, replace=False))
     elif method == "dfnd":
-        chosen = np.argsort(-score, kind="stable")[:size]
+        chosen = open_idx[np.argsort(-score[open_idx], kind="stable")][:size]
     else:
         chosen = eikd_choice
     selected = np.zeros(count, dtype=bool)
     selected[chosen] = True
     split = _holdout_split(selected, predicted, config.holdout_fraction, rng)
+    split[reserved] = "agreement"
     per_class = [
         {
             "name": name,
@@ -231,12 +250,18 @@ def odsd_signals(pool: PoolScores, odsd: bool) -> list[str]:
 
 
 def _ranked_per_class(
-    pool: PoolScores, predicted: np.ndarray, order_key: np.ndarray, num_classes: int, config: SelectionConfig
+    pool: PoolScores,
+    predicted: np.ndarray,
+    order_key: np.ndarray,
+    num_classes: int,
+    config: SelectionConfig,
+    reserved: np.ndarray,
 ) -> list[np.ndarray]:
-    """Each class's candidates, best first, with near-duplicates already removed (so quotas count real options)."""
+    """Each class's candidates, best first, with near-duplicates already removed (so quotas count real options).
+    Images of the agreement slice (`reserved`) are never candidates."""
     ranked = []
     for c in range(num_classes):
-        members = np.flatnonzero(predicted == c)
+        members = np.flatnonzero((predicted == c) & ~reserved)
         ordered = members[np.argsort(-order_key[members], kind="stable")]
         if config.dedup_threshold is not None:
             ordered = drop_near_duplicates(pool.embeddings, ordered, config.dedup_threshold)

@@ -7,6 +7,7 @@ import gc
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eikd_edge.agreement import ci95
 from eikd_edge.amp import autocast_dtype, grad_scaler
 from eikd_edge.checkpoint import diverged_message, load_train_state, save_student, save_torch_atomic
 from eikd_edge.config import Recipe, parse_duration
@@ -60,6 +62,18 @@ def _top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float((logits.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
 
 
+@dataclass(frozen=True)
+class Checks:
+    """The images each epoch is checked on, never trained on: the fixed agreement slice of the whole pool (the
+    label-free criterion) and the selection's own held-out share (a diagnostic only: it flatters selective
+    methods, whose held-out images are the ones the teacher is surest of)."""
+
+    hold_images: torch.Tensor
+    hold_idx: np.ndarray
+    agree_images: torch.Tensor
+    agree_idx: np.ndarray
+
+
 class Trainer:
     """Holds the training state; `fit` runs epochs, evaluates label-free agreement, checkpoints each epoch."""
 
@@ -101,6 +115,9 @@ class Trainer:
         self.final_checksums: list[float] = []
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"agreement": -1.0, "epoch": -1, "state": None}
+        self.checked_on: str | None = None  # what the label-free criterion was measured on
+        self.agreement_size = 0
+        self.holdout_size = 0
         self.step = 0
         self.start_epoch = 0
         self.wall_s = 0.0
@@ -129,8 +146,7 @@ class Trainer:
         pool: PoolScores,
         train_images: torch.Tensor,
         train_idx: np.ndarray,
-        hold_images: torch.Tensor,
-        hold_idx: np.ndarray,
+        checks: Checks,
         val: tuple[torch.Tensor, torch.Tensor, list[str]] | None,
         resume: bool,
     ) -> None:
@@ -140,7 +156,15 @@ class Trainer:
         self._train_images = images  # every rank holds the same set: BatchNorm re-estimation agrees across ranks
         t_logits = pool.logits[torch.as_tensor(train_idx)].to(device)
         t_embed = pool.embeddings[torch.as_tensor(train_idx)].to(device)
-        hold_targets = pool.logits[torch.as_tensor(hold_idx)].argmax(1) if len(hold_idx) else None
+        self._checks = checks
+        self._hold_targets = pool.logits[torch.as_tensor(checks.hold_idx)].argmax(1) if len(checks.hold_idx) else None
+        self._agree_targets = (
+            pool.logits[torch.as_tensor(checks.agree_idx)].argmax(1) if len(checks.agree_idx) else None
+        )
+        self.agreement_size, self.holdout_size = len(checks.agree_idx), len(checks.hold_idx)
+        self.checked_on = (
+            "fixed field slice" if self.agreement_size else "selection holdout" if self.holdout_size else None
+        )
         if val is not None:
             self.teacher_val_top1 = _top1(
                 predict_logits(_TeacherLogits(self.teacher), val[0], self.spec, device), val[1]
@@ -158,7 +182,7 @@ class Trainer:
             while self.step < self.total_steps:
                 try:
                     self._run_epoch(epoch, images, t_logits, t_embed, batch, steps_per_epoch, bar, task)
-                    self._end_epoch(epoch, hold_images, hold_targets, val)
+                    self._end_epoch(epoch, val)
                 except KeyboardInterrupt:  # checkpoints are atomic: the last complete one is intact
                     raise Interrupted(
                         f"interrupted in epoch {epoch + 1}; the last checkpoint written is intact: "
@@ -244,22 +268,20 @@ class Trainer:
         self.step += 1
         return {"total": total, **terms.parts}
 
-    def _end_epoch(
-        self,
-        epoch: int,
-        hold_images: torch.Tensor,
-        hold_targets: torch.Tensor | None,
-        val: tuple[torch.Tensor, torch.Tensor, list[str]] | None,
-    ) -> None:
+    def _agreement(self, images: torch.Tensor, targets: torch.Tensor | None) -> float:
+        if targets is None:
+            return float("nan")
+        return _top1(predict_logits(self.student, images, self.spec, self.device), targets)
+
+    def _end_epoch(self, epoch: int, val: tuple[torch.Tensor, torch.Tensor, list[str]] | None) -> None:
         record = self._epoch_record
         recalibrate_batchnorm(self.student, self._train_images, self.spec, self.recipe.train.precise_bn)
         if self.ctx.is_main:
-            agreement = float("nan")
-            if hold_targets is not None:
-                agreement = _top1(predict_logits(self.student, hold_images, self.spec, self.device), hold_targets)
-            record["agreement"] = agreement
+            record["agreement"] = self._agreement(self._checks.agree_images, self._agree_targets)
+            record["holdout_agreement"] = self._agreement(self._checks.hold_images, self._hold_targets)
             if val is not None:
                 record["val_top1"] = _top1(predict_logits(self.student, val[0], self.spec, self.device), val[1])
+            agreement = record["agreement"] if self.agreement_size else record["holdout_agreement"]
             score = agreement if not math.isnan(agreement) else float(epoch)
             if score >= self.best["agreement"]:
                 state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
@@ -269,12 +291,17 @@ class Trainer:
         self.best = broadcast_object(self.best, self.ctx) if self.ctx.enabled else self.best
         barrier(self.ctx)
 
+    def kept_epoch(self) -> int:
+        """The epoch student.pt holds: the label-free pick (train.keep=best) or the last one (train.keep=last)."""
+        return self.best["epoch"] if self.recipe.train.keep == "best" else len(self.history)
+
     def _save(self, epoch: int) -> None:
-        best_model = copy.deepcopy(self.student).cpu()
-        best_model.load_state_dict(self.best["state"])
+        kept_model = copy.deepcopy(self.student).cpu()
+        if self.recipe.train.keep == "best":
+            kept_model.load_state_dict(self.best["state"])
         save_student(
             self.run.student,
-            best_model,
+            kept_model,
             self.recipe.student.arch,
             self.arch_kwargs,
             self.spec,
@@ -282,6 +309,7 @@ class Trainer:
                 "recipe": self.recipe.dump(),
                 "teacher": {"path": str(self.teacher.path), "sha256": self.teacher.sha256},
                 "best_epoch": self.best["epoch"],
+                "kept_epoch": self.kept_epoch(),
                 "method": self.recipe.method,
                 **({"student_weights": self.student_weights} if self.student_weights else {}),
             },
@@ -328,6 +356,7 @@ class Trainer:
     def metrics(self, selection: Selection, val: Path | None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         best = next((h for h in self.history if h["epoch"] == self.best["epoch"]), last)
+        kept = best if self.recipe.train.keep == "best" else last
         student_cpu = copy.deepcopy(self.student).cpu()
         teacher_params = self.teacher.num_parameters()
         return {
@@ -340,12 +369,26 @@ class Trainer:
             },
             "student": {
                 "arch": self.recipe.student.arch,
-                "top1": best.get("val_top1"),
+                "top1": kept.get("val_top1"),
                 "params": count_parameters(student_cpu),
                 "macs": count_macs(student_cpu, self.spec.input_size),
                 "best_epoch": self.best["epoch"],
+                "kept_epoch": self.kept_epoch(),
             },
-            "agreement": {"top1": best.get("agreement"), "holdout_size": len(selection.holdout_indices)},
+            "epochs": {
+                "keep": self.recipe.train.keep,
+                "picked_by": self.checked_on,
+                "picked": _epoch_summary(best),
+                "last": _epoch_summary(last),
+            },
+            "agreement": {
+                "top1": _number(kept.get("agreement")),
+                "on": "fixed field slice" if self.agreement_size else None,
+                "size": self.agreement_size,
+                "ci95": ci95(_number(kept.get("agreement")), self.agreement_size),
+                "selection_holdout": {"top1": _number(kept.get("holdout_agreement")), "size": self.holdout_size},
+            },
+            "seed": self.recipe.train.seed,
             "selection": {
                 "pool_files": selection.pool.files,
                 "decoded": len(selection.pool.paths),
@@ -364,11 +407,25 @@ class Trainer:
                 "epochs": len(self.history),
                 "device": str(self.device),
                 "world_size": self.ctx.world_size,
+                "seed": self.recipe.train.seed,
                 "param_checksum": {"initial": self.initial_checksum, "final": self.final_checksums},
             },
             "history": self.history,
             "val": str(val) if val else None,
         }
+
+
+def _number(value: Any) -> float | None:
+    """A measured share, or None where it was not measured (NaN)."""
+    return None if value is None or value != value else float(value)
+
+
+def _epoch_summary(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "epoch": record.get("epoch"),
+        "val_top1": record.get("val_top1"),
+        "agreement": _number(record.get("agreement")),
+    }
 
 
 class _TeacherLogits(nn.Module):

@@ -401,16 +401,18 @@ def test_tiny_holdout_writes_null_not_nan(tmp_path: Path, script_teacher: Path, 
     """No image held out: agreement cannot be measured; metrics.json says null (strict JSON), the summary says
     that label-free model selection was off."""
     env = Env(tmp_path, script_teacher, digit_images, None)  # type: ignore[arg-type]
-    result = runner.invoke(app, env.distill("--set", "selection.holdout_fraction=0"), terminal_width=200)
+    no_holdout = ("--set", "selection.holdout_fraction=0", "--set", "selection.agreement_fraction=0")
+    result = runner.invoke(app, env.distill(*no_holdout), terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "label-free model selection was off" in result.output
+    assert "label-free model selection was off" in " ".join(result.output.split())
     assert "nan" not in result.output.lower()
 
     def refuse(constant: str) -> None:
         raise AssertionError(f"{constant} in metrics.json")
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(), parse_constant=refuse)
-    assert metrics["agreement"] == {"top1": None, "holdout_size": 0}
+    assert metrics["agreement"]["top1"] is None and metrics["agreement"]["size"] == 0
+    assert metrics["agreement"]["ci95"] is None and metrics["agreement"]["selection_holdout"]["top1"] is None
     assert all(epoch["agreement"] is None for epoch in metrics["history"])
 
 

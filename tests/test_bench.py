@@ -52,6 +52,14 @@ def test_every_model_gets_sane_complete_statistics(measured: BenchResult) -> Non
     assert measured.machine["cpu_count"] >= 1 and measured.machine["torch"]
 
 
+def test_preprocessing_is_timed_on_the_same_files_with_the_students_policy(measured: BenchResult) -> None:
+    assert [p.batch for p in measured.preprocess] == [1, 4]
+    for timing in measured.preprocess:
+        assert timing.policy == "shorter side to 32, centre crop 32x32, bilinear"
+        assert timing.iters == 12 and not timing.budget_exhausted and timing.latency_ms.p50 > 0
+        assert timing.images_per_s == pytest.approx(timing.batch * 1000.0 / timing.latency_ms.mean, rel=1e-6)
+
+
 def test_missing_backends_are_skipped_rows_not_errors(measured: BenchResult) -> None:
     skipped = {r.backend: r.status for r in measured.rows if not r.ok}
     assert set(skipped) == {"ort-int8", "trt"}
@@ -103,6 +111,7 @@ def test_bench_cli_prints_the_table(onnx_run: FixtureRun) -> None:
     assert result.exit_code == 0, result.output
     for text in ("p50", "p99", "img/s", "agree T", "pytorch", "onnx", "skipped", "bench.json"):  # 80 columns
         assert text in result.output
+    assert "before these times, field files to inputs (shorter side to 32" in " ".join(result.output.split())
     rows = json.loads((onnx_run.root / "bench.json").read_text())["rows"]
     assert {r["model"] for r in rows} == {"pytorch", "onnx", "trt-*"}
 

@@ -157,3 +157,12 @@ def test_resolved_recipe_of_a_run_loads(tmp_path: Path) -> None:
 def test_shipped_recipes_validate(path: Path) -> None:
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
+
+
+def test_unknown_key_suggests_the_setting_in_another_section() -> None:
+    with pytest.raises(EikdError, match=r"unknown setting 'seed'; did you mean 'train\.seed'"):
+        load_recipe(None, ["seed=1"])
+    with pytest.raises(EikdError, match=r"did you mean 'selection\.keep_fraction'"):
+        load_recipe(None, ["keep_fraction=0.2"])
+    with pytest.raises(EikdError, match=r"did you mean 'train\.epochs'"):
+        load_recipe(None, ["train.epoch=3"])

@@ -43,8 +43,9 @@ def test_distill_cli_writes_the_artifact_contract(
     assert selection["pool"]["files"] == 121 and selection["pool"]["decoded"] == 120
     assert selection["pool"]["skipped"]["count"] == 1
     assert selection["pool"]["skipped"]["sample"][0]["path"] == "broken.jpg"
-    assert selection["selected_count"] == 60 and len(selection["manifest"]) == 120
-    assert selection["train_count"] + selection["holdout_count"] == 60
+    assert selection["agreement_count"] == 30  # the fixed agreement slice: a quarter of a pool this small
+    assert selection["selected_count"] == 45 and len(selection["manifest"]) == 120
+    assert selection["train_count"] + selection["holdout_count"] == 45
     resolved = yaml.safe_load((out / "recipe.resolved.yaml").read_text())
     assert resolved["recipe"]["student"]["width"] == 0.5 and resolved["inputs"]["teacher"] == str(script_teacher)
     payload = torch.load(out / "student.pt", weights_only=True)
@@ -81,11 +82,11 @@ def test_baselines_run_in_the_same_engine(
     selection = json.loads((out / "selection.json").read_text())
     losses = set(metrics["history"][0]["loss"])
     if method == "kd":
-        assert selection["selected_count"] == 120 and losses == {"kd", "total"}
+        assert selection["selected_count"] == 90 and losses == {"kd", "total"}  # all but the agreement slice
     elif method == "random":
-        assert selection["selected_count"] == 60 and {"feature", "relation"} <= losses
+        assert selection["selected_count"] == 45 and {"feature", "relation"} <= losses
     else:
-        assert selection["selected_count"] == 60 and losses == {"kd", "noise", "total"}
+        assert selection["selected_count"] == 45 and losses == {"kd", "noise", "total"}
 
 
 def test_ablation_switches_remove_terms(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
@@ -103,7 +104,7 @@ def test_select_command_reports_classes(tmp_path: Path, script_teacher: Path, di
     )
     assert result.exit_code == 0, result.output
     assert "Selection (eikd, score: confidence)" in result.stdout and "skipped" in result.stdout
-    assert json.loads((out / "selection.json").read_text())["selected_count"] == 60
+    assert json.loads((out / "selection.json").read_text())["selected_count"] == 45
 
 
 def test_empty_and_all_bad_pools_are_one_line_errors(tmp_path: Path, script_teacher: Path) -> None:

@@ -257,7 +257,7 @@ def test_selection_chart_legend_clear_of_the_bars_and_fair_share_in_the_table(re
     run, _ = reported
     report = _report(run)
     sel = report.selection
-    assert sel is not None and sel.fair_share == 6  # 60 selected over 10 classes
+    assert sel is not None and sel.fair_share == 4  # 45 selected (30 of 120 in the agreement slice) over 10 classes
     fig = selection_histogram(sel)
     renderer = _drawn(fig)
     (ax,) = fig.axes
@@ -269,7 +269,7 @@ def test_selection_chart_legend_clear_of_the_bars_and_fair_share_in_the_table(re
     assert "| class | candidates | fair share | quota | selected | deficit |" in markdown
     for c in sel.classes:  # the deficit is measured against the fair share the table shows
         assert c.deficit == max(0, sel.fair_share - c.candidates)
-        assert f"| {c.name} | {c.candidates} | 6 | {c.quota} | {c.selected} | {c.deficit} |" in markdown
+        assert f"| {c.name} | {c.candidates} | 4 | {c.quota} | {c.selected} | {c.deficit} |" in markdown
 
 
 def test_training_curves_give_each_loss_term_its_own_scale() -> None:

@@ -150,7 +150,7 @@ def test_distill_and_select_take_threads(tmp_path: Path, script_teacher: Path, d
         app, ["select", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(tmp_path / "s"), "--threads", "1"]
     )
     assert selected.exit_code == 0, selected.output
-    assert json.loads((tmp_path / "s" / "selection.json").read_text())["selected_count"] == 60
+    assert json.loads((tmp_path / "s" / "selection.json").read_text())["selected_count"] == 45
     assert torch.get_num_threads() == before
 
 

@@ -177,3 +177,18 @@ def test_teacher_without_linear_head_falls_back_to_logits(tmp_path: Path) -> Non
     assert teacher.embedding_dim is None
     logits, embedding = teacher.predict(torch.randn(2, 3, 32, 32))
     assert torch.equal(logits, embedding)
+
+
+@pytest.mark.parametrize("size", [[3, 32, 32], [32, 32], "3x32x32"])
+def test_sidecar_input_size_channels_first_or_height_width(tmp_path: Path, size: object) -> None:
+    path = save_torchscript(tiny_classifier(), tmp_path / "teacher.pt")
+    write_sidecar(path, {"input_size": size})
+    assert load_teacher(path).spec.input_size == (32, 32)
+
+
+def test_sidecar_input_size_with_other_than_three_channels_is_one_line(tmp_path: Path) -> None:
+    path = save_torchscript(tiny_classifier(), tmp_path / "teacher.pt")
+    write_sidecar(path, {"input_size": [1, 32, 32]})
+    with pytest.raises(EikdError, match="1 channels") as info:
+        load_teacher(path)
+    assert "\n" not in str(info.value)

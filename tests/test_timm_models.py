@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ pytest.importorskip("timm")
 
 from eikd_edge.checkpoint import load_student
 from eikd_edge.cli import app
+from eikd_edge.data import decode_image
 from eikd_edge.errors import EikdError
 from eikd_edge.models import timm_zoo
 from eikd_edge.models.teacher import load_teacher
@@ -70,7 +72,14 @@ def test_a_timm_teacher_takes_its_input_spec_from_pretrained_cfg(tmp_path: Path)
     assert teacher.format == "state_dict" and teacher.num_classes == 10
     assert teacher.spec.input_size == (160, 160)
     assert teacher.spec.mean == (0.5, 0.5, 0.5) and teacher.spec.std == (0.5, 0.5, 0.5)
-    assert timm_zoo.input_defaults("timm:test_vit") == {"input_size": [160, 160], "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert timm_zoo.input_defaults("timm:test_vit") == {
+        "input_size": [160, 160],
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bicubic",
+        "resize": "center_crop",
+        "crop_pct": 0.95,
+    }
 
 
 def test_the_sidecar_and_the_flags_override_pretrained_cfg(tmp_path: Path) -> None:
@@ -81,6 +90,36 @@ def test_the_sidecar_and_the_flags_override_pretrained_cfg(tmp_path: Path) -> No
     assert teacher.spec.classes == tuple(CLASSES)
     flagged = load_teacher(path, spec_overrides={"mean": "0.1,0.2,0.3", "input_size": "32"})
     assert flagged.spec.input_size == (32, 32) and flagged.spec.mean == (0.1, 0.2, 0.3)
+
+
+def test_a_timm_teacher_is_fed_by_its_pretrained_cfg_crop_and_interpolation(tmp_path: Path) -> None:
+    """test_vit's cfg: 160 px, crop_pct 0.95, bicubic. A 640x480 photo is resized to cover 168x168
+    (floor(160 / 0.95)) with bicubic filtering and its centre 160x160 cut out, as timm's eval transform does."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    teacher = load_teacher(_timm_state_dict("test_vit", tmp_path / "vit.pt"), "timm:test_vit")
+    spec = teacher.spec
+    assert (spec.resize, spec.crop_pct, spec.interpolation) == ("center_crop", 0.95, "bicubic")
+    photo = Image.fromarray(load_sample_image("china.jpg")).resize((640, 480))
+    photo.save(tmp_path / "photo.png")
+    expected = photo.resize((224, 168), Image.Resampling.BICUBIC).crop((32, 4, 192, 164))  # 640*168/480 = 224
+    assert np.array_equal(decode_image(tmp_path / "photo.png", spec), np.asarray(expected))
+
+
+def test_the_sidecar_and_flags_override_the_pretrained_cfg_policy(tmp_path: Path) -> None:
+    path = _timm_state_dict("test_vit", tmp_path / "vit.pt")
+    write_sidecar(path, {"arch": "timm:test_vit", "resize": "squash", "classes": CLASSES})
+    squashed = load_teacher(path).spec  # the sidecar's geometry replaces timm's crop; interpolation stays timm's
+    assert (squashed.resize, squashed.crop_pct, squashed.interpolation) == ("squash", 1.0, "bicubic")
+    write_sidecar(path, {"arch": "timm:test_vit", "interpolation": "nearest", "classes": CLASSES})
+    nearest = load_teacher(path).spec
+    assert (nearest.resize, nearest.crop_pct, nearest.interpolation) == ("center_crop", 0.95, "nearest")
+    flagged = load_teacher(path, spec_overrides={"resize_size": 192, "interpolation": "bilinear"}).spec
+    assert flagged.crop_pct == pytest.approx(160 / 192) and flagged.interpolation == "bilinear"
+    result = runner.invoke(app, ["inspect", str(path), "--resize", "letterbox"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "letterbox: fit inside 160x160, pad 0, nearest" in result.output
 
 
 def test_a_timm_state_dict_loads_into_the_named_arch_and_computes_the_same(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from eikd_edge.commands.options import (
     InputSize,
     Mean,
     Overrides,
+    Resize,
     Std,
     TeacherArch,
     TeacherPath,
@@ -63,6 +64,7 @@ def select_command(
     mean: Mean = None,
     std: Std = None,
     classes: Classes = None,
+    resize: Resize = None,
     sampler: Sampler = None,
     novel: Annotated[
         bool, typer.Option("--novel", help="Cluster the field images the teacher cannot place (novel classes).")
@@ -82,7 +84,7 @@ def select_command(
     from eikd_edge.runfolder import Replacement, existing_run_message, folder_state, refuse_foreign, writing_run
 
     settings = load_recipe(recipe, [*(overrides or []), *([f"selection.sampler={sampler}"] if sampler else [])])
-    spec = spec_overrides(input_size, mean, std, classes)
+    spec = spec_overrides(input_size, mean, std, classes, resize)
     novel_config = NovelConfig(clusters=novel_clusters, seed=settings.train.seed) if novel else None
     with torch_threads(threads) as workers, writing_run(out, "select", create=True) as run:
         inputs = DistillInputs(teacher, unlabeled, None, teacher_arch, trust_pickle, spec, workers)
@@ -178,6 +180,7 @@ def distill_command(
     mean: Mean = None,
     std: Std = None,
     classes: Classes = None,
+    resize: Resize = None,
     student_weights: Annotated[
         str | None,
         typer.Option(
@@ -218,12 +221,13 @@ def distill_command(
     if student_weights is not None:  # assigned, not --set: a file name must stay a string (e.g. 2024.pt)
         weights = Path(student_weights).expanduser()
         settings.student.weights = str(weights.resolve()) if weights.exists() else student_weights
-    spec = spec_overrides(input_size, mean, std, classes)
+    spec = spec_overrides(input_size, mean, std, classes, resize)
     with torch_threads(threads) as workers:
         inputs = DistillInputs(teacher, unlabeled, val, teacher_arch, trust_pickle, spec, workers)
         result = distill(inputs, settings, out, resume=resume, overwrite=overwrite, keep_state=keep_state)
     if result.is_main:
         print_distill_summary(result)
+        print_next(out)
 
 
 def quickstart(
@@ -244,6 +248,11 @@ def quickstart(
     inputs = DistillInputs(folder / "teacher.pt", folder / "field", folder / "val")
     result = distill(inputs, settings, out, overwrite=True)
     print_distill_summary(result)
+    print_next(out)
+
+
+def print_next(out: Path) -> None:
+    """What to run after a distillation: distill and quickstart end with the same lines."""
     print_command("next:", f"eikd-edge export {out} --onnx --int8")
     print_command("then:", f"eikd-edge validate {out}")
 

@@ -10,7 +10,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
-from eikd_edge.commands.options import Classes, InputSize, Mean, Std, TeacherArch, TrustPickle, spec_overrides
+from eikd_edge.commands.options import (
+    Classes,
+    InputSize,
+    Mean,
+    Resize,
+    Std,
+    TeacherArch,
+    TrustPickle,
+    spec_overrides,
+)
 from eikd_edge.console import console
 
 if TYPE_CHECKING:
@@ -27,11 +36,13 @@ def inspect(
     mean: Mean = None,
     std: Std = None,
     classes: Classes = None,
+    resize: Resize = None,
 ) -> None:
-    """Show a teacher's format, input spec, classes, size, embedding width and a forward check."""
+    """Show a teacher's format, input spec and preprocessing, classes, size, embedding width and a forward check."""
     from eikd_edge.models.teacher import load_teacher
+    from eikd_edge.preprocess import describe
 
-    model = load_teacher(teacher, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes))
+    model = load_teacher(teacher, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes, resize))
     spec = model.spec
     params = model.num_parameters()
     macs = model.macs()
@@ -42,6 +53,7 @@ def inspect(
     rows = [
         ("format", model.format + (" (deprecated by torch; .pt2 preferred)" if model.format == "torchscript" else "")),
         ("input", f"3x{spec.input_size[0]}x{spec.input_size[1]} RGB"),
+        ("preprocess", describe(spec)),
         ("mean / std", f"{_triple(spec.mean)} / {_triple(spec.std)}"),
         ("classes", f"{model.num_classes}: {names}"),
         ("parameters", human(params)),

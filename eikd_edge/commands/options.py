@@ -57,6 +57,16 @@ Classes = Annotated[
         show_default="the sidecar's",
     ),
 ]
+Resize = Annotated[
+    str | None,
+    typer.Option(
+        "--resize",
+        metavar="POLICY",
+        help="How images are brought to the input size, as the teacher was fed: comma-separated center_crop, squash "
+        "or letterbox; bilinear, bicubic or nearest; a crop fraction (0.875) or resize size (256), e.g. 256,bicubic.",
+        show_default="the sidecar's, else resize 256 + crop 224 (whole image at 64 px or less), bilinear",
+    ),
+]
 Overrides = Annotated[
     list[str] | None,
     typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe setting (repeatable), e.g. train.epochs=5."),
@@ -81,10 +91,16 @@ TrainThreads = Annotated[
 ]
 
 
-def spec_overrides(input_size: str | None, mean: str | None, std: str | None, classes: str | None) -> dict[str, Any]:
+def spec_overrides(
+    input_size: str | None, mean: str | None, std: str | None, classes: str | None, resize: str | None = None
+) -> dict[str, Any]:
     overrides: dict[str, Any] = {"input_size": input_size, "mean": mean, "std": std}
     if classes:
         overrides["classes"] = parse_class_option(classes)
+    if resize:
+        from eikd_edge.models.spec import parse_resize_flag
+
+        overrides.update(parse_resize_flag(resize))
     return {k: v for k, v in overrides.items() if v is not None}
 
 

@@ -48,8 +48,8 @@ def print_selection_summary(selection: Selection, run: RunPaths) -> None:
     console.print(
         f"pool: {pool['files']} files, {pool['decoded']} decoded, {skipped} skipped"
         f"{f' ({reasons})' if skipped else ''}; "
-        f"selected {data['selected_count']} ({data['train_count']} train, {data['holdout_count']} held out "
-        f"for label-free validation)"
+        f"selected {data['selected_count']} ({data['train_count']} train, {data['holdout_count']} held out); "
+        f"{data['agreement_count']} in the fixed agreement slice no method trains on"
     )
     if data["classes_below_quota"]:
         console.print(
@@ -98,7 +98,7 @@ def print_distill_summary(result: DistillResult) -> None:
     table.add_row("params", human(teacher["params"]), human(student["params"]))
     table.add_row("MACs", human(teacher["macs"]), human(student["macs"]))
     table.add_row("top-1 on --val", _pct(teacher["top1"]), _pct(student["top1"]))
-    table.add_row("agreement with teacher (held-out field)", "", _pct(m["agreement"]["top1"]))
+    table.add_row("agreement with teacher (fixed slice)", "", _agreement(m["agreement"]))
     console.print(table)
     sel = m["selection"]
     if "synthesis" in m:
@@ -110,16 +110,50 @@ def print_distill_summary(result: DistillResult) -> None:
         )
     source = "pool" if "synthesis" in m else "field"
     console.print(
-        f"selected {sel['selected']} of {sel['decoded']} {source} images; best epoch {student['best_epoch']} of "
-        f"{train['epochs']}; {train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
+        f"selected {sel['selected']} of {sel['decoded']} {source} images; {_kept(m)}; "
+        f"{train['wall_s']:.1f} s training, {train['images_per_s']:,.0f} img/s on {train['device']}"
     )
     if "budget" in train:
         console.print(f"{train['steps']} steps of batch {train['batch_size']} ({train['budget']})", highlight=False)
     if sel["classes_below_quota"]:
         console.print(f"[yellow]classes below quota:[/] {_names(sel['classes_below_quota'])}")
-    if not m["agreement"]["holdout_size"]:
+    holdout = m["agreement"].get("selection_holdout") or {}
+    if m["agreement"]["size"]:
+        console.print(
+            f"agreement: on {m['agreement']['size']} field images no method trains on (the same for every method "
+            "and seed; ± is the 95% interval)",
+            highlight=False,
+        )
+    if holdout.get("size"):
+        console.print(
+            f"diagnostic only: {_pct(holdout.get('top1'))} agreement on the selection's own {holdout['size']} "
+            "held-out images (the teacher's surest ones: it flatters selective methods)",
+            highlight=False,
+        )
+    if not m["agreement"]["size"] and not holdout.get("size"):
         console.print(
             "[yellow]no images held out:[/] label-free model selection was off (the last epoch was kept); "
-            "add field images or raise selection.holdout_fraction"
+            "add field images or raise selection.agreement_fraction"
         )
     console.print(escape(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}"))
+
+
+def _agreement(agreement: dict[str, Any]) -> str:
+    """The share and its 95% interval: a small slice gives a rough number, and says so."""
+    if agreement.get("top1") is None:
+        return "-"
+    ci = agreement.get("ci95")
+    spread = f" ± {100 * ci:.1f}" if ci is not None else ""
+    return f"{_pct(agreement['top1'])}{spread}"
+
+
+def _kept(m: dict[str, Any]) -> str:
+    """Which epoch student.pt holds and why: the policy is part of what the number means."""
+    epochs, student, total = m.get("epochs") or {}, m["student"], m["train"]["epochs"]
+    kept = student.get("kept_epoch", student["best_epoch"])
+    if epochs.get("keep") == "last":
+        return f"kept the last epoch ({kept} of {total}; train.keep=last)"
+    picked_by = epochs.get("picked_by")
+    if picked_by is None:
+        return f"kept epoch {kept} of {total} (nothing held out to pick by)"
+    return f"kept epoch {kept} of {total} (train.keep=best: highest agreement on the {picked_by})"

@@ -147,7 +147,7 @@ def folder_images(folder: Path, spec: InputSpec, limit: int) -> FieldImages:
 
 def _decode(paths: list[Path], spec: InputSpec, root: Path, what: str) -> tuple[torch.Tensor, list[int]]:
     report = DecodeReport()
-    batches = list(iter_decoded(paths, spec.input_size, 256, report, root))
+    batches = list(iter_decoded(paths, spec, 256, report, root))
     if not batches:
         raise EikdError(f"none of the {len(paths)} {what} images could be decoded (e.g. {report.summary(3)})")
     kept = [i for batch in batches for i in batch.indices]

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import torch
 
-from eikd_edge import __version__
+from eikd_edge import __version__, preprocess
 from eikd_edge.atomic import write_atomic
 from eikd_edge.checkpoint import StudentCheckpoint
 from eikd_edge.errors import EikdError
@@ -206,6 +206,7 @@ def _annotate(proto: onnx.ModelProto, ckpt: StudentCheckpoint) -> None:
         "mean": json.dumps(list(spec.mean)),
         "std": json.dumps(list(spec.std)),
         "input_size": json.dumps(list(spec.input_size)),
+        **preprocess.metadata(spec),  # how a photo becomes that input: resize, crop_pct, interpolation, ...
         "input_format": "RGB NCHW float32, (pixel/255 - mean) / std",
         "arch": ckpt.arch,
         "source_checkpoint_sha256": file_sha256(ckpt.path),

@@ -22,6 +22,7 @@ from eikd_edge.models.spec import InputSpec, read_sidecar, sidecar_path
 from eikd_edge.models.taps import find_classifier, widen_classifier
 from eikd_edge.models.zoo import build_model
 
+GEOMETRY_KEYS = ("resize", "crop_pct", "resize_size")  # how the image is cut to size: given together or not at all
 FORMATS = ("torchscript", "torch.export", "state_dict", "checkpoint", "pickle")
 ACCEPTED = (
     "TorchScript, a torch.export .pt2, a state_dict with --teacher-arch, or a pickled nn.Module with --trust-pickle"
@@ -136,7 +137,8 @@ def _resolve_spec(path: Path, overrides: dict[str, Any], arch: str | None = None
     """The input spec, and the architecture a sidecar may name (`arch:`) for a state_dict or TorchScript file.
 
     A timm architecture brings the preprocessing it was trained with (its pretrained_cfg); the sidecar, then the
-    flags, override it key by key."""
+    flags, override it key by key, except that the geometry (resize, crop_pct, resize_size) goes as one: a sidecar
+    that names any of it replaces timm's crop, not just the key it names."""
     data: dict[str, Any] = {}
     sidecar = sidecar_path(path)
     if sidecar is not None:
@@ -146,10 +148,16 @@ def _resolve_spec(path: Path, overrides: dict[str, Any], arch: str | None = None
             raise EikdError(
                 _one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes"
             ) from None
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if any(key in given for key in GEOMETRY_KEYS):
+        data = {k: v for k, v in data.items() if k not in GEOMETRY_KEYS}
+    data.update(given)
     named = arch or data.get("arch")
     if timm_zoo.is_timm(named):
-        data = {**timm_zoo.input_defaults(str(named)), **data}
+        defaults = timm_zoo.input_defaults(str(named))
+        if any(key in data for key in GEOMETRY_KEYS):
+            defaults = {k: v for k, v in defaults.items() if k not in GEOMETRY_KEYS}
+        data = {**defaults, **data}
     arch = data.pop("arch", None)
     return InputSpec.from_dict(data, source=str(sidecar or "teacher spec")), str(arch) if arch else None
 

@@ -12,6 +12,9 @@ from typing import Any
 from torch import nn
 
 from eikd_edge.errors import EikdError
+from eikd_edge.models.spec import INTERPOLATIONS, MIN_CROP_PCT
+
+CROP_MODES = {"center": "center_crop", "squash": "squash", "border": "letterbox"}  # timm's crop_mode -> resize
 
 PREFIX = "timm:"
 INSTALL_HINT = "pip install 'eikd-edge[timm]'"
@@ -71,11 +74,9 @@ def build_timm(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
 
 
 def input_defaults(arch: str) -> dict[str, Any]:
-    """The input spec timm trained the model with (its pretrained_cfg), as InputSpec keys.
-
-    pretrained_cfg also names an interpolation and a crop percentage; the spec has no resize policy yet
-    (images are resized on their shorter side and centre-cropped), so only size, mean and std carry over.
-    """
+    """The input spec timm trained the model with (its pretrained_cfg), as InputSpec keys: input size, mean, std,
+    interpolation, and the resize policy (crop_mode center -> center_crop with its crop_pct, squash -> squash,
+    border -> letterbox)."""
     timm = require_timm()
     name = timm_name(arch)
     _known(timm, name)
@@ -89,6 +90,14 @@ def input_defaults(arch: str) -> dict[str, Any]:
         value = data.get(key)
         if isinstance(value, list | tuple) and len(value) == 3:
             out[key] = [float(v) for v in value]
+    if data.get("interpolation") in INTERPOLATIONS:
+        out["interpolation"] = data["interpolation"]
+    resize = CROP_MODES.get(str(data.get("crop_mode") or "center"))
+    if resize is not None:
+        out["resize"] = resize
+    crop_pct = data.get("crop_pct")
+    if resize != "letterbox" and isinstance(crop_pct, int | float) and MIN_CROP_PCT <= crop_pct <= 1.0:
+        out["crop_pct"] = float(crop_pct)
     return out
 
 
