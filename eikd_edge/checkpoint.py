@@ -96,6 +96,15 @@ def teacher_record(path: Path) -> tuple[str, str] | None:
     return teacher_path, digest
 
 
+def student_weights_record(path: Path) -> dict[str, Any] | None:
+    """The pretrained weights the student started from, as its run recorded them; None if it started fresh."""
+    try:
+        record = _read_payload(path).get("student_weights")
+    except EikdError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def load_student(path: Path) -> StudentCheckpoint:
     """Rebuild the student from student.pt in eval mode."""
     path = Path(path)

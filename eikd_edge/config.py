@@ -31,6 +31,9 @@ class _Strict(BaseModel):
 class StudentConfig(_Strict):
     arch: str = "cifar_resnet8"
     width: float = Field(1.0, gt=0, le=MAX_WIDTH)
+    weights: str | None = Field(
+        None, description="pretrained start: a state_dict file, or imagenet/DEFAULT from the local torch cache"
+    )
 
 
 class SelectionConfig(_Strict):
@@ -151,6 +154,9 @@ class TrainConfig(_Strict):
         "best",
         description="student.pt holds best: the epoch with the highest agreement on the fixed field slice "
         "(label-free), or last: the final epoch",
+    )
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="mixed precision: auto = bf16 on GPUs that have it, else fp16; fp32 on CPU"
     )
     augment: AugmentConfig = AugmentConfig()
     curriculum: CurriculumConfig = CurriculumConfig()

@@ -12,11 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
+from torch import nn
 
 from eikd_edge import __version__
 from eikd_edge.agreement import agreement_slice
 from eikd_edge.atomic import write_json_atomic, write_yaml_atomic
+from eikd_edge.checkpoint import student_weights_record
 from eikd_edge.config import Recipe
+from eikd_edge.console import err_console
 from eikd_edge.data import (
     BadImage,
     DecodeReport,
@@ -27,8 +31,10 @@ from eikd_edge.data import (
 )
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
+from eikd_edge.models.pretrained import build_student
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
+from eikd_edge.models.zoo import size_warning
 from eikd_edge.novel import NovelConfig, find_novel
 from eikd_edge.run import RunPaths
 from eikd_edge.runfolder import (
@@ -53,6 +59,7 @@ class DistillInputs:
     teacher_arch: str | None = None
     trust_pickle: bool = False
     spec_overrides: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None  # image decoding threads (None: the default); not part of the run's identity
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,12 +119,25 @@ def run_selection(
     if inputs.unlabeled is not None:
         pools.append(
             score_pool(
-                teacher, inputs.unlabeled, device, batch, run.teacher_outputs, ctx, want_bn, (run.root,), pool_scan
+                teacher,
+                inputs.unlabeled,
+                device,
+                batch,
+                run.teacher_outputs,
+                ctx,
+                want_bn,
+                (run.root,),
+                pool_scan,
+                inputs.threads,
             )
         )
     if recipe.synthesis.count > 0:
         extras["synthesis"] = _synthesize_for_run(teacher, recipe, run, device, ctx)
-        pools.append(score_pool(teacher, run.synthetic, device, batch, run.synthetic_outputs, ctx, want_bn))
+        pools.append(
+            score_pool(
+                teacher, run.synthetic, device, batch, run.synthetic_outputs, ctx, want_bn, workers=inputs.threads
+            )
+        )
     pool = pools[0] if len(pools) == 1 else merge_pools(pools[0], pools[1])
     field_count = len(pools[0].paths) if inputs.unlabeled is not None else 0  # field images come first
     cfg = recipe.selection
@@ -216,6 +236,11 @@ def prepare_run_folder(
     if resume:
         if state != "run":
             raise EikdError(f"nothing to resume in {run.root}: it is not an eikd-edge run folder; drop --resume")
+        if not run.train_state.is_file() and run.metrics.is_file():
+            raise EikdError(
+                f"nothing to resume in {run.root}: the run finished (metrics.json is written; its training state "
+                "was dropped, --keep-state keeps it); use --overwrite to run it again"
+            )
         if not run.train_state.is_file():
             raise EikdError(
                 f"nothing to resume in {run.root}: no {run.train_state.name} (the run stopped before its first "
@@ -283,12 +308,39 @@ def write_resolved(
     write_yaml_atomic(run.recipe, data)
 
 
-def _decode_subset(pool: PoolScores, indices: np.ndarray, spec: InputSpec) -> tuple[torch.Tensor, np.ndarray]:
+def prepare_student(
+    recipe: Recipe, teacher: TeacherModel, trust_pickle: bool, run: RunPaths, resume: bool, ctx: DistContext
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The student to train and the record of the weights it started from.
+
+    A new run loads `student.weights`; --resume restores the training state over a fresh student instead, so the
+    record is read back from student.pt (the weights file may be gone by then).
+    """
+    cfg = recipe.student
+    if resume:
+        student, _ = build_student(cfg.arch, teacher.num_classes, cfg.width)
+        weights = student_weights_record(run.student) if cfg.weights else None
+    else:
+        student, loaded = build_student(cfg.arch, teacher.num_classes, cfg.width, cfg.weights, trust_pickle)
+        weights = loaded.to_json() if loaded else None
+    return student, weights
+
+
+def _warn_if_large(arch: str, student_params: int, teacher_params: int) -> None:
+    """Said with the results (the summary shows both sizes), so that an error stays the only line of a failed run."""
+    warning = size_warning(arch, student_params, teacher_params)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
+def _decode_subset(
+    pool: PoolScores, indices: np.ndarray, spec: InputSpec, workers: int | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
     """Decode the chosen pool images once to uint8 at training resolution (files that vanished are dropped)."""
     paths = [confined(pool.root, pool.paths[i]) for i in indices]
     report = DecodeReport()
     images, kept = [], []
-    for batch in iter_decoded(paths, spec, 512, report):
+    for batch in iter_decoded(paths, spec, 512, report, workers=workers):
         images.append(batch.images)
         kept.extend(batch.indices)
     if not kept:
@@ -302,10 +354,12 @@ def distill(
     out: Path,
     resume: bool = False,
     overwrite: bool = False,
+    keep_state: bool = False,
 ) -> DistillResult:
     """Select, train and checkpoint; returns the metrics also written to RUN/metrics.json.
 
-    Rank 0 holds the run folder's lock and checks every input before it touches the folder.
+    Rank 0 holds the run folder's lock and checks every input before it touches the folder. A finished run drops
+    train_state.pt (the optimizer's state, as large as the student twice over) unless `keep_state`.
     """
     ctx = init_distributed(
         torch.device("cuda") if recipe.train.device != "cpu" and torch.cuda.is_available() else torch.device("cpu")
@@ -313,11 +367,11 @@ def distill(
     run = RunPaths(Path(out))
     try:
         if not ctx.is_main:
-            return _distill(inputs, recipe, run, resume, ctx, None, Replacement.none(run))
+            return _distill(inputs, recipe, run, resume, ctx, None, Replacement.none(run), keep_state)
         with writing_run(run.root, "distill", create=True):
             checked, replacement = prepare_run_folder(run, inputs, recipe, resume, overwrite)
             with replacement:
-                return _distill(inputs, recipe, run, resume, ctx, checked, replacement)
+                return _distill(inputs, recipe, run, resume, ctx, checked, replacement, keep_state)
     finally:
         cleanup(ctx)
 
@@ -330,11 +384,13 @@ def _distill(
     ctx: DistContext,
     checked: CheckedInputs | None,
     replacement: Replacement,
+    keep_state: bool = False,
 ) -> DistillResult:
     device = resolve_device(recipe.train.device, ctx)
     barrier(ctx)
     torch.manual_seed(recipe.train.seed)
-    teacher, scan = (checked.teacher, checked.pool_scan) if checked else (None, None)
+    teacher, scan = (checked.teacher, checked.pool_scan) if checked else (load_inputs_teacher(inputs), None)
+    student, weights = prepare_student(recipe, teacher, inputs.trust_pickle, run, resume, ctx)
     teacher, selection, extras = run_selection(
         inputs, recipe, run.root, teacher=teacher, device=device, ctx=ctx, pool_scan=scan
     )
@@ -342,13 +398,13 @@ def _distill(
         write_resolved(run, inputs, recipe, checked)
     spec = teacher.spec
     pool = selection.pool
-    train_images, train_idx = _decode_subset(pool, selection.train_indices, spec)
-    hold_images, hold_idx = _decode_subset(pool, selection.holdout_indices, spec)
-    agree_images, agree_idx = _decode_subset(pool, selection.agreement_indices, spec)
+    train_images, train_idx = _decode_subset(pool, selection.train_indices, spec, inputs.threads)
+    hold_images, hold_idx = _decode_subset(pool, selection.holdout_indices, spec, inputs.threads)
+    agree_images, agree_idx = _decode_subset(pool, selection.agreement_indices, spec, inputs.threads)
     if len(train_idx) < 2:
         raise EikdError("fewer than 2 usable training images after selection; add field images or raise keep_fraction")
     val = load_labeled_folder(inputs.val, spec) if inputs.val else None
-    trainer = Trainer(recipe, teacher, spec, device, ctx, run)
+    trainer = Trainer(recipe, teacher, spec, device, ctx, run, student, weights)
     replacement.commit()  # the new run is about to write its first checkpoint: the old one goes for good
     trainer.fit(pool, train_images, train_idx, Checks(hold_images, hold_idx, agree_images, agree_idx), val, resume)
     metrics = trainer.metrics(selection, inputs.val) if ctx.is_main else {}
@@ -356,6 +412,10 @@ def _distill(
     if ctx.is_main and "synthesis" in extras:
         metrics["synthesis"] = extras["synthesis"]
     if ctx.is_main:
+        metrics["student"]["weights"] = weights
         write_json_atomic(run.metrics, metrics)
+        if not keep_state:  # the run is complete: nothing is left to resume
+            run.train_state.unlink(missing_ok=True)
+        _warn_if_large(recipe.student.arch, metrics["student"]["params"], metrics["teacher"]["params"])
     barrier(ctx)
     return DistillResult(run, metrics, selection, ctx.is_main)

@@ -141,12 +141,14 @@ def score_pool(
     bn_deviation: bool = False,
     exclude: tuple[Path, ...] = (),
     scan: FolderScan | None = None,
+    workers: int | None = None,
 ) -> PoolScores:
     """Run the teacher once over the pool (this rank's shard), reuse a matching cache, gather across ranks.
 
     With `bn_deviation`, the same pass also measures each image's distance to the teacher's BatchNorm statistics.
     `exclude`: folders under the root not to walk (the run folder being written, when it sits in the pool).
     `scan`: the same folder already walked (by the input checks), reused instead of walking it again.
+    `workers`: image decoding threads (None: the decoder's default).
     """
     import time
 
@@ -165,7 +167,7 @@ def score_pool(
     started = time.perf_counter()
     start, end = shard_range(len(paths), ctx)
     batch_size = scoring_batch(batch_size, teacher.spec.input_size)
-    shard = _score_shard(teacher, paths[start:end], root, device, batch_size, ctx, start, want_bn)
+    shard = _score_shard(teacher, paths[start:end], root, device, batch_size, ctx, start, want_bn, workers)
     parts = gather_objects(shard, ctx)
     indices = [i for part in parts for i in part[0]]
     logits = torch.cat([part[1] for part in parts])
@@ -201,6 +203,7 @@ def _score_shard(
     ctx: DistContext,
     offset: int,
     want_bn: bool,
+    workers: int | None = None,
 ) -> tuple[list[int], torch.Tensor, torch.Tensor, DecodeReport, torch.Tensor]:
     import time
 
@@ -219,7 +222,7 @@ def _score_shard(
     with progress_bar(disable=not show) as bar:
         task = bar.add_task("Scoring pool with the teacher", total=len(paths) * ctx.world_size, rate="")
         done = 0
-        for batch in iter_decoded(paths, teacher.spec, batch_size, report, root):
+        for batch in iter_decoded(paths, teacher.spec, batch_size, report, root, workers):
             images = normalize(batch.images.to(device, non_blocking=True), teacher.spec)
             if device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from eikd_edge.agreement import ci95
+from eikd_edge.amp import autocast_dtype, grad_scaler
 from eikd_edge.checkpoint import diverged_message, load_train_state, save_student, save_torch_atomic
 from eikd_edge.config import Recipe, parse_duration
 from eikd_edge.data import normalize
@@ -84,11 +85,20 @@ class Trainer:
         device: torch.device,
         ctx: DistContext,
         run: RunPaths,
+        student: nn.Module | None = None,
+        student_weights: dict[str, Any] | None = None,
     ) -> None:
+        """`student`: built (and pretrained) by the caller, else a fresh `recipe.student`; `student_weights`: what
+        it started from, recorded in student.pt."""
         self.recipe, self.teacher, self.spec, self.device, self.ctx, self.run = recipe, teacher, spec, device, ctx, run
         cfg = recipe.train
         self.arch_kwargs = {"width": recipe.student.width} if recipe.student.width != 1.0 else {}
-        self.student = build_model(recipe.student.arch, teacher.num_classes, **self.arch_kwargs)
+        if student is None:
+            student = build_model(recipe.student.arch, teacher.num_classes, **self.arch_kwargs)
+        self.student = student
+        self.student_weights = student_weights
+        self.amp = autocast_dtype(cfg.amp, device)
+        self.scaler = grad_scaler(device, self.amp)
         teacher_dim = teacher.embedding_dim or teacher.num_classes
         self.net = DistillNet(
             self.student, teacher.num_classes, teacher_dim, uses_projector(recipe), recipe.method == "dfnd"
@@ -240,10 +250,10 @@ class Trainer:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         if self.recipe.train.teacher_targets == "online":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 t_logits, t_embed = self.teacher.predict(x)
             t_logits, t_embed = t_logits.float(), t_embed.float()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             logits, embedding, projected = self.ddp(x)
         progress = self.step / max(1, self.total_steps)
         terms = distillation_loss(self.net, self.recipe, logits, embedding, projected, t_logits, t_embed, progress)
@@ -251,8 +261,9 @@ class Trainer:
         if not math.isfinite(total):  # one more step would write NaN weights; the last checkpoint is finite
             raise EikdError(diverged_message(self.step, self.recipe.train.lr, self.run))
         self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        self.optimizer.step()
+        self.scaler.scale(terms.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return {"total": total, **terms.parts}
@@ -300,6 +311,7 @@ class Trainer:
                 "best_epoch": self.best["epoch"],
                 "kept_epoch": self.kept_epoch(),
                 "method": self.recipe.method,
+                **({"student_weights": self.student_weights} if self.student_weights else {}),
             },
         )
         save_torch_atomic(
@@ -314,6 +326,7 @@ class Trainer:
                 "best": self.best,
                 "wall_s": self.wall_s,
                 "images_seen": self.images_seen,
+                "scaler": self.scaler.state_dict(),
                 "total_steps": self.total_steps,
                 "recipe": self.recipe.dump(),
             },
@@ -330,6 +343,8 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.wall_s = state["wall_s"]
         self.images_seen = state["images_seen"]
+        if isinstance(state.get("scaler"), dict) and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.total_steps = int(state.get("total_steps", self.total_steps))
 
     def release(self) -> None:

@@ -57,7 +57,7 @@ def test_distill_cli_writes_the_artifact_contract(
 
 def test_second_run_refuses_then_resume_and_overwrite(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
     out = tmp_path / "run"
-    base = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(out), *_sets()]
+    base = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(out), *_sets(), "--keep-state"]
     assert runner.invoke(app, base).exit_code == 0
     before = (out / "student.pt").read_bytes()
     refused = runner.invoke(app, base)

@@ -65,9 +65,10 @@ def _one_line_error(output: str, *words: str) -> None:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, script_teacher: Path, digit_images: Path) -> Path:
-    """A finished run with an export record, validate/bench/report files and a user's own files beside them."""
+    """A finished run (its training state kept, so it can be resumed) with an export record, validate/bench/report
+    files and a user's own files beside them."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = runner.invoke(app, _distill(script_teacher, digit_images, out))
+    result = runner.invoke(app, _distill(script_teacher, digit_images, out, "--keep-state"))
     assert result.exit_code == 0, result.output
     (out / "export").mkdir()
     for name in ("export/student.onnx", "export/export.json", "export/build_engine.sh", "validate.json",
@@ -318,7 +319,7 @@ def test_resume_after_the_pool_changed_in_place_is_refused(
     pool = tmp_path / "pool"
     shutil.copytree(digit_images, pool)
     out = tmp_path / "run"
-    assert runner.invoke(app, _distill(script_teacher, pool, out)).exit_code == 0
+    assert runner.invoke(app, _distill(script_teacher, pool, out, "--keep-state")).exit_code == 0
     before = _snapshot(out)
     shutil.copy(pool / "0001.png", pool / "0001-again.png")
     result = runner.invoke(app, _distill(script_teacher, pool, out, "--resume"))

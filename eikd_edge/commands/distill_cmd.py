@@ -17,8 +17,10 @@ from eikd_edge.commands.options import (
     Std,
     TeacherArch,
     TeacherPath,
+    TrainThreads,
     TrustPickle,
     spec_overrides,
+    torch_threads,
 )
 from eikd_edge.console import print_command
 from eikd_edge.errors import EikdError
@@ -71,6 +73,7 @@ def select_command(
         int | None, typer.Option("--novel-clusters", min=1, help="Number of novel clusters (default: by silhouette).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
+    threads: TrainThreads = None,
 ) -> None:
     """Score the field images with the teacher and show what it finds (writes selection.json)."""
     from eikd_edge.commands.summary import print_novel_summary, print_selection_summary
@@ -81,11 +84,10 @@ def select_command(
     from eikd_edge.runfolder import Replacement, existing_run_message, folder_state, refuse_foreign, writing_run
 
     settings = load_recipe(recipe, [*(overrides or []), *([f"selection.sampler={sampler}"] if sampler else [])])
-    inputs = DistillInputs(
-        teacher, unlabeled, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes, resize)
-    )
+    spec = spec_overrides(input_size, mean, std, classes, resize)
     novel_config = NovelConfig(clusters=novel_clusters, seed=settings.train.seed) if novel else None
-    with writing_run(out, "select", create=True) as run:
+    with torch_threads(threads) as workers, writing_run(out, "select", create=True) as run:
+        inputs = DistillInputs(teacher, unlabeled, None, teacher_arch, trust_pickle, spec, workers)
         state = folder_state(run)
         if state == "foreign":
             refuse_foreign(run)
@@ -179,6 +181,21 @@ def distill_command(
     std: Std = None,
     classes: Classes = None,
     resize: Resize = None,
+    student_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--student-weights",
+            metavar="FILE|imagenet",
+            help="Start the student from a torchvision-format state_dict (classifier re-initialised), or from "
+            "torchvision's weights when they are in the local torch cache (imagenet, DEFAULT, IMAGENET1K_V1...).",
+            show_default="random init",
+        ),
+    ] = None,
+    keep_state: Annotated[
+        bool,
+        typer.Option("--keep-state", help="Keep train_state.pt (optimizer state) when the run finishes."),
+    ] = False,
+    threads: TrainThreads = None,
 ) -> None:
     """Select useful field images with the teacher and distil a compact student (EIKD)."""
     from eikd_edge.commands.summary import print_distill_summary
@@ -201,10 +218,13 @@ def distill_command(
         if value is not None:
             extra.append(f"{key}={value}")
     settings = load_recipe(recipe, extra)
-    inputs = DistillInputs(
-        teacher, unlabeled, val, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes, resize)
-    )
-    result = distill(inputs, settings, out, resume=resume, overwrite=overwrite)
+    if student_weights is not None:  # assigned, not --set: a file name must stay a string (e.g. 2024.pt)
+        weights = Path(student_weights).expanduser()
+        settings.student.weights = str(weights.resolve()) if weights.exists() else student_weights
+    spec = spec_overrides(input_size, mean, std, classes, resize)
+    with torch_threads(threads) as workers:
+        inputs = DistillInputs(teacher, unlabeled, val, teacher_arch, trust_pickle, spec, workers)
+        result = distill(inputs, settings, out, resume=resume, overwrite=overwrite, keep_state=keep_state)
     if result.is_main:
         print_distill_summary(result)
         print_next(out)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from eikd_edge.errors import EikdError
+
+MAX_CLASS_FILE_BYTES = 8 << 20  # 100,000 names of a few dozen characters
 
 RunFolder = Annotated[
     Path, typer.Argument(metavar="RUN", help="Run folder written by `eikd-edge distill` (and later commands).")
@@ -44,7 +50,12 @@ Std = Annotated[
 ]
 Classes = Annotated[
     str | None,
-    typer.Option("--classes", metavar="A,B,...", help="Comma-separated class names.", show_default="the sidecar's"),
+    typer.Option(
+        "--classes",
+        metavar="A,B,...|@FILE",
+        help="Class names, comma-separated, or a file with one name per line (@names.txt, or any existing path).",
+        show_default="the sidecar's",
+    ),
 ]
 Resize = Annotated[
     str | None,
@@ -68,6 +79,16 @@ Threads = Annotated[
     int,
     typer.Option("--threads", min=0, help="CPU threads for PyTorch and ONNX Runtime; 0 = one per core."),
 ]
+TrainThreads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=0,
+        metavar="N",
+        help="CPU threads for PyTorch and for decoding images; 0 = one per core.",
+        show_default="PyTorch's; up to 8 decoding",
+    ),
+]
 
 
 def spec_overrides(
@@ -75,12 +96,57 @@ def spec_overrides(
 ) -> dict[str, Any]:
     overrides: dict[str, Any] = {"input_size": input_size, "mean": mean, "std": std}
     if classes:
-        overrides["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
+        overrides["classes"] = parse_class_option(classes)
     if resize:
         from eikd_edge.models.spec import parse_resize_flag
 
         overrides.update(parse_resize_flag(resize))
     return {k: v for k, v in overrides.items() if v is not None}
+
+
+def parse_class_option(value: str) -> list[str]:
+    """`--classes`: `@FILE` or an existing file holds one name per line (ImageNet's names contain commas, as in
+    "tench, Tinca tinca"); anything else is a comma-separated list."""
+    path = Path(value[1:]) if value.startswith("@") else Path(value)
+    if value.startswith("@") or path.is_file():
+        return _read_class_file(path)
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def _read_class_file(path: Path) -> list[str]:
+    try:
+        if not path.is_file():
+            raise EikdError(f"--classes: class file not found: {path}")
+        if path.stat().st_size > MAX_CLASS_FILE_BYTES:
+            raise EikdError(f"--classes: {path} is larger than 8 MB; it should hold one class name per line")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise EikdError(f"--classes: {path} is not UTF-8 text; save it as UTF-8, one class name per line") from None
+    except OSError as exc:
+        raise EikdError(f"--classes: cannot read {path}: {exc.strerror or exc}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise EikdError(f"--classes: {path} holds no class names; write one name per line")
+    return names
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int | None]:
+    """PyTorch's CPU threads for the body (`threads`, 0 = one per core), restored afterwards; None leaves them.
+
+    Yields the resolved count, which the caller also gives its image decoders."""
+    if threads is None:
+        yield None
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    count = resolve_threads(threads)
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_threads(threads: int) -> int:

@@ -257,7 +257,29 @@ def _module_from_state(obj: Any, path: Path, arch: str | None, num_classes: int 
         )
     classes = num_classes or _infer_num_classes(state)
     kwargs = obj.get("arch_kwargs", {}) if fmt == "checkpoint" else {}
-    return _load_into_arch(state, arch, classes, kwargs, path), fmt
+    try:
+        return _load_into_arch(state, arch, classes, kwargs, path), fmt
+    except EikdError:
+        _refuse_other_class_count(state, arch, classes, kwargs, path)
+        raise
+
+
+def _refuse_other_class_count(
+    state: dict[str, torch.Tensor], arch: str, named: int, kwargs: dict[str, Any], path: Path
+) -> None:
+    """A state_dict that loads with its own class count but not with the spec's: say so with both counts, the
+    same way as for other teacher formats, instead of a bare shape mismatch."""
+    try:
+        own = _infer_num_classes(state)
+        if own != named:
+            _load_into_arch(state, arch, own, kwargs, path)
+    except EikdError:
+        return
+    if own != named:
+        raise EikdError(
+            f"teacher {path.name} outputs {own} classes but its spec names {named}; "
+            "fix the class list in the sidecar (or --classes)"
+        )
 
 
 def _load_into_arch(

@@ -103,6 +103,20 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+LARGE_STUDENT = 0.8  # share of the teacher's parameters from which a student saves too little to be worth it
+
+
+def size_warning(arch: str, student_params: int, teacher_params: int) -> str | None:
+    """A warning when the student is nearly as large as its teacher: distilling then buys accuracy loss, not speed."""
+    if teacher_params <= 0 or student_params < LARGE_STUDENT * teacher_params:
+        return None
+    return (
+        f"the student {arch} has {student_params / 1e6:.2f}M parameters, {student_params / teacher_params:.2f}x its "
+        f"teacher's {teacher_params / 1e6:.2f}M: it will not run much faster than the teacher; pick a smaller "
+        "--student (`eikd-edge models`)"
+    )
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
     """Multiply-accumulates of one forward at batch 1, from torch's own FLOP counter (FLOPs / 2)."""
