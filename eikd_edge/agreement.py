@@ -27,7 +27,10 @@ def slice_size(count: int, fraction: float, maximum: int) -> int:
 
 def path_keys(paths: list[str]) -> np.ndarray:
     """A stable pseudo-random key per path (first 8 bytes of its SHA-256), independent of any seed."""
-    return np.array([int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "big") for p in paths], dtype=np.uint64)
+    return np.array(
+        [int.from_bytes(hashlib.sha256(p.encode("utf-8", "surrogateescape")).digest()[:8], "big") for p in paths],
+        dtype=np.uint64,
+    )
 
 
 def agreement_slice(paths: list[str], fraction: float, maximum: int) -> np.ndarray:

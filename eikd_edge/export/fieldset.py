@@ -80,7 +80,7 @@ def is_tuning(entry: dict[str, Any]) -> bool:
     """A fixed quarter of the pool (by a hash of the path, so export and validate agree) that INT8 calibration and
     the layer-sensitivity search may look at; the gate is measured on the other three quarters only, so nothing
     that chose the quantization also grades it."""
-    digest = hashlib.sha256(str(entry["path"]).encode("utf-8")).digest()
+    digest = hashlib.sha256(str(entry["path"]).encode("utf-8", "surrogateescape")).digest()
     return digest[0] % TUNING_SHARE == 0
 
 
