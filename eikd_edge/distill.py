@@ -60,6 +60,7 @@ class DistillInputs:
     trust_pickle: bool = False
     spec_overrides: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None  # image decoding threads (None: the default); not part of the run's identity
+    cache_dir: Path | None = None  # teacher scores shared between runs (None: off); not part of the run's identity
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +130,7 @@ def run_selection(
                 (run.root,),
                 pool_scan,
                 inputs.threads,
+                inputs.cache_dir,
             )
         )
     if recipe.synthesis.count > 0:

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from eikd_edge import score_cache
 from eikd_edge.checkpoint import save_torch_atomic
+from eikd_edge.console import err_console
 from eikd_edge.data import DecodeReport, display_name, iter_decoded, normalize, scan_images
 from eikd_edge.distributed import DistContext, gather_objects, shard_range
 from eikd_edge.errors import EikdError
@@ -142,6 +145,7 @@ def score_pool(
     exclude: tuple[Path, ...] = (),
     scan: FolderScan | None = None,
     workers: int | None = None,
+    shared: Path | None = None,
 ) -> PoolScores:
     """Run the teacher once over the pool (this rank's shard), reuse a matching cache, gather across ranks.
 
@@ -149,6 +153,7 @@ def score_pool(
     `exclude`: folders under the root not to walk (the run folder being written, when it sits in the pool).
     `scan`: the same folder already walked (by the input checks), reused instead of walking it again.
     `workers`: image decoding threads (None: the decoder's default).
+    `shared`: a cache folder other runs read too (score_cache.py), tried after the run's own `cache`; None: off.
     """
     import time
 
@@ -163,7 +168,15 @@ def score_pool(
     want_bn = bn_deviation and bool(batchnorm_layers(teacher.module))
     cached = _read_cache(cache, fingerprint, root)
     if cached is not None and (cached.bn_deviation is not None or not want_bn):
+        if shared is not None and ctx.is_main and not score_cache.entry_path(shared, fingerprint).exists():
+            _write_shared(shared, fingerprint, cached)
         return cached
+    expected = _expected(fingerprint, scan, teacher)
+    reused = _read_shared(shared, expected, root, want_bn, ctx)
+    if reused is not None:
+        if cache is not None and ctx.is_main:
+            _write_cache(cache, fingerprint, reused)
+        return reused
     started = time.perf_counter()
     start, end = shard_range(len(paths), ctx)
     batch_size = scoring_batch(batch_size, teacher.spec.input_size)
@@ -191,7 +204,67 @@ def score_pool(
     )
     if cache is not None and ctx.is_main:
         _write_cache(cache, fingerprint, scores)
+    if shared is not None and ctx.is_main:
+        _write_shared(shared, fingerprint, scores)
     return scores
+
+
+def _expected(fingerprint: str, scan: FolderScan, teacher: TeacherModel) -> score_cache.Expected:
+    pool_paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
+    return score_cache.Expected(
+        fingerprint, pool_paths, teacher.num_classes, teacher.embedding_dim or teacher.num_classes
+    )
+
+
+def _read_shared(
+    shared: Path | None, expected: score_cache.Expected, root: Path, want_bn: bool, ctx: DistContext
+) -> PoolScores | None:
+    """The shared cache's scores for this teacher and pool, or None (score it): a missing entry silently, an
+    untrustworthy one (damaged, tampered, another pool's) with a note; never an error."""
+    if shared is None:
+        return None
+    entry = score_cache.entry_path(shared, expected.key)
+    try:
+        found = score_cache.read_entry(entry, expected)
+    except score_cache.BadEntry as exc:
+        if ctx.is_main:
+            _note(f"ignored the cached teacher scores in {entry} ({exc}); scoring the pool again")
+        return None
+    if found is None or (want_bn and found.bn_deviation is None):
+        return None
+    if ctx.is_main:
+        err_console.print(
+            f"teacher scores: reused from {escape(str(entry))} ({len(found.paths):,} images)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return PoolScores(
+        root=root,
+        paths=found.paths,
+        logits=found.logits,
+        embeddings=found.embeddings,
+        files=found.files,
+        skipped=found.skipped,
+        seconds=0.0,
+        from_cache=True,
+        bn_deviation=found.bn_deviation,
+    )
+
+
+def _write_shared(shared: Path, fingerprint: str, scores: PoolScores) -> None:
+    """Best effort: a cache folder that is read-only or full costs the next run a scoring pass, not this run."""
+    entry = score_cache.entry_path(shared, fingerprint)
+    cached = score_cache.CachedScores(
+        scores.paths, scores.logits, scores.embeddings, scores.bn_deviation, scores.files, dict(scores.skipped)
+    )
+    try:
+        score_cache.write_entry(entry, fingerprint, cached)
+    except OSError as exc:
+        _note(f"could not save the teacher scores to {entry} ({exc.strerror or exc}); later runs will score again")
+
+
+def _note(text: str) -> None:
+    err_console.print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _score_shard(

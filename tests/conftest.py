@@ -21,6 +21,24 @@ torch.set_num_threads(1)  # tiny models: threads cost more than they give, and t
 SPEC = {"input_size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "classes": [str(i) for i in range(10)]}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_home(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Session fixtures that run commands write the shared score cache into a temp folder, never ~/.cache."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-session"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own $XDG_CACHE_HOME: one test's shared score cache never serves another."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 def restore_sigint() -> None:
     """preexec_fn for a child the test will Ctrl-C: a shell that starts jobs in the background (as CI runners and
     `cmd &` do) leaves SIGINT ignored, which Python inherits and never turns into KeyboardInterrupt."""

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from eikd_edge.commands.options import (
+    CacheDir,
     Classes,
     Device,
     InputSize,
@@ -19,6 +20,7 @@ from eikd_edge.commands.options import (
     TeacherPath,
     TrainThreads,
     TrustPickle,
+    resolve_cache_dir,
     spec_overrides,
     torch_threads,
 )
@@ -74,6 +76,7 @@ def select_command(
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
     threads: TrainThreads = None,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Score the field images with the teacher and show what it finds (writes selection.json)."""
     from eikd_edge.commands.summary import print_novel_summary, print_selection_summary
@@ -85,9 +88,10 @@ def select_command(
 
     settings = load_recipe(recipe, [*(overrides or []), *([f"selection.sampler={sampler}"] if sampler else [])])
     spec = spec_overrides(input_size, mean, std, classes, resize)
+    shared = resolve_cache_dir(cache_dir)
     novel_config = NovelConfig(clusters=novel_clusters, seed=settings.train.seed) if novel else None
     with torch_threads(threads) as workers, writing_run(out, "select", create=True) as run:
-        inputs = DistillInputs(teacher, unlabeled, None, teacher_arch, trust_pickle, spec, workers)
+        inputs = DistillInputs(teacher, unlabeled, None, teacher_arch, trust_pickle, spec, workers, shared)
         state = folder_state(run)
         if state == "foreign":
             refuse_foreign(run)
@@ -196,6 +200,7 @@ def distill_command(
         typer.Option("--keep-state", help="Keep train_state.pt (optimizer state) when the run finishes."),
     ] = False,
     threads: TrainThreads = None,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Select useful field images with the teacher and distil a compact student (EIKD)."""
     from eikd_edge.commands.summary import print_distill_summary
@@ -222,8 +227,9 @@ def distill_command(
         weights = Path(student_weights).expanduser()
         settings.student.weights = str(weights.resolve()) if weights.exists() else student_weights
     spec = spec_overrides(input_size, mean, std, classes, resize)
+    shared = resolve_cache_dir(cache_dir)
     with torch_threads(threads) as workers:
-        inputs = DistillInputs(teacher, unlabeled, val, teacher_arch, trust_pickle, spec, workers)
+        inputs = DistillInputs(teacher, unlabeled, val, teacher_arch, trust_pickle, spec, workers, shared)
         result = distill(inputs, settings, out, resume=resume, overwrite=overwrite, keep_state=keep_state)
     if result.is_main:
         print_distill_summary(result)

@@ -90,6 +90,30 @@ TrainThreads = Annotated[
     ),
 ]
 
+CacheDir = Annotated[
+    str | None,
+    typer.Option(
+        "--cache-dir",
+        metavar="DIR|none",
+        help="Folder where the teacher's scores of a pool are kept, so a later run with the same teacher and pool "
+        "skips scoring; none: keep them only in the run folder.",
+        show_default="$XDG_CACHE_HOME/eikd-edge, else ~/.cache/eikd-edge",
+    ),
+]
+
+
+def resolve_cache_dir(value: str | None) -> Path | None:
+    """`--cache-dir`: the folder to use (the XDG default when not given), or None for `none`."""
+    if value is None:
+        from eikd_edge.score_cache import default_cache_dir
+
+        return default_cache_dir()
+    if not value.strip():
+        raise EikdError("--cache-dir: give a folder, or none to keep the teacher's scores only in the run folder")
+    if value.strip().lower() in {"none", "off"}:
+        return None
+    return Path(value).expanduser().resolve()
+
 
 def spec_overrides(
     input_size: str | None, mean: str | None, std: str | None, classes: str | None, resize: str | None = None
