@@ -66,7 +66,7 @@ def test_qad_wins_back_agreement_that_ptq_loses(student: tuple, tmp_path: Path) 
     ptq = quantize_one(fp32, tmp_path / "ptq.onnx", HARSH, tune, None)
     ptq_agree = agreement(run_logits(session(ptq, 1), grade), reference)
     with torch_threads(1):
-        tuned = distill_quantized(fp32, ptq, tune, tmp_path / "tuned.onnx", steps=200, threads=1)
+        tuned = distill_quantized(fp32, ptq, tune, tmp_path / "tuned.onnx", steps=120, threads=1)
     qad = quantize_one(tuned.path, tmp_path / "qad.onnx", HARSH, tune, None)
     qad_agree = agreement(run_logits(session(qad, 1), grade), reference)
     assert ptq_agree < 0.97, ptq_agree  # the case is one where post-training INT8 fails a 99% gate
@@ -80,12 +80,12 @@ def test_choose_int8_runs_qad_when_no_setting_passes(student: tuple, tmp_path: P
     with torch_threads(1):
         result = choose_int8(
             fp32, out, tune, grade, 0.99, threads=1, budget_s=0.2, candidates=(HARSH,),
-            qad_images=lambda: tune, qad_steps=200,
+            qad_images=lambda: tune, qad_steps=60,
         )  # fmt: skip
     record = result.record()
     ptq, tuned = result.candidates[0], result.candidates[1]
     assert ptq.method == "ptq" and not ptq.passed and tuned.method == "qad" and tuned.agree_fp32 > ptq.agree_fp32
-    assert record["qad"]["trigger"] == "no post-training setting passed the gate" and record["qad"]["steps"] == 200
+    assert record["qad"]["trigger"] == "no post-training setting passed the gate" and record["qad"]["steps"] == 60
     assert record["qad"]["images"] == len(tune) and record["qad"]["train_s"] > 0
     assert result.chosen.method == "qad" or result.chosen.fp32_nodes  # QAD, or mixed precision if that is better
     assert record["candidates"][1]["label"].endswith("QAD") and "agree_fp32_wilson95" in record["candidates"][1]
