@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,9 +31,14 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 
 
 def _build_wheel(out: Path) -> Path:
+    """Built from a copy of the source tree: setuptools writes build/ beside pyproject.toml, and tests leave
+    nothing in the repository."""
+    source = out / "source"
+    skip = (".git", ".venv", "build", "dist", "*.egg-info", "runs", "__pycache__", ".*cache", "benchmarks", "examples")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip))
     # Without setuptools here, pip fetches it into an isolated build environment.
     flags = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *flags, str(ROOT), "-w", str(out), "-q"], cwd=out)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *flags, str(source), "-w", str(out), "-q"], cwd=out)
     return next(out.glob("eikd_edge-*.whl"))
 
 
