@@ -76,6 +76,7 @@ class _Context:
     request: ExportRequest
     ref: Reference
     _calib: np.ndarray | None = None
+    _evaluation: np.ndarray | None = None
     gated: list[Outcome] = field(default_factory=list)  # on-device artifacts refused before any script was written
 
     @property
@@ -92,6 +93,12 @@ class _Context:
                 images = run_field_images(self.run, spec, "calibration", limit)
             self._calib = normalize(images.images, spec).numpy()
         return self._calib
+
+    def evaluation(self) -> np.ndarray:
+        """The graded parity images, normalised once for every INT8 path that grades itself on them."""
+        if self._evaluation is None:
+            self._evaluation = normalize(self.ref.images.images, self.ckpt.spec).numpy()
+        return self._evaluation
 
 
 def export_run(root: Path, request: ExportRequest) -> ExportResult:
@@ -227,7 +234,7 @@ def _build_onnx(ctx: _Context, path: Path) -> dict[str, Any]:
 
 def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
     path = get_format("onnx-int8").path(ctx.run.root)
-    evaluation = normalize(ctx.ref.images.images, ctx.ckpt.spec).numpy()
+    evaluation = ctx.evaluation()
     result = choose_int8(
         onnx_path,
         path,
@@ -310,7 +317,7 @@ def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path |
 
 def _qdq_for_device(ctx: _Context, info: dict[str, Any]) -> str | None:
     """Write student.int8.trt.onnx and gate it; None (info marked failed_gate, with what to try) when it falls short."""
-    evaluation = normalize(ctx.ref.images.images, ctx.ckpt.spec).numpy()
+    evaluation = ctx.evaluation()
     built = quantize_for_tensorrt(
         get_format("onnx").path(ctx.run.root),
         ctx.run.export_dir / TRT_QDQ_ONNX,
