@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from eikd_edge.commands.fit import print_fitted
 from eikd_edge.commands.options import Device, RunFolder, Threads, TrustPickle, resolve_threads
 from eikd_edge.console import console
 from eikd_edge.errors import EikdError
+from eikd_edge.fitted_tables import print_fitted
 
 if TYPE_CHECKING:
     from eikd_edge.bench import BenchResult

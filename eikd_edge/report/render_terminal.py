@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from eikd_edge.commands.fit import print_fitted
+from eikd_edge.fitted_tables import print_fitted
 from eikd_edge.report import tables
 from eikd_edge.report.model import Report
 from eikd_edge.report.tables import TextTable
