@@ -19,7 +19,15 @@ from eikd_edge.export.fieldset import is_tuning, parity_entries, read_manifest
 from eikd_edge.export.onnx import export_onnx
 from eikd_edge.export.qad import distill_quantized, spare_field_images
 from eikd_edge.export.qdq_torch import QDQModule
-from eikd_edge.export.quantize import QuantSetting, agreement, choose_int8, quantize_one, run_logits, session
+from eikd_edge.export.quantize import (
+    QuantSetting,
+    agreement,
+    choose_int8,
+    quantize_for_tensorrt,
+    quantize_one,
+    run_logits,
+    session,
+)
 from eikd_edge.validate import MAX_IMAGES
 
 runner = CliRunner()
@@ -71,7 +79,9 @@ def test_qad_wins_back_agreement_that_ptq_loses(student: tuple, tmp_path: Path) 
     qad_agree = agreement(run_logits(session(qad, 1), grade), reference)
     assert ptq_agree < 0.97, ptq_agree  # the case is one where post-training INT8 fails a 99% gate
     assert qad_agree >= ptq_agree + 0.01, (ptq_agree, qad_agree)
-    assert tuned.tuning_flips_after < tuned.tuning_flips_before and tuned.best_step > 0
+    assert tuned.tuning_kl_after < tuned.tuning_kl_before and tuned.best_step > 0
+    kl_at = {step: kl for step, kl, _ in tuned.trace}
+    assert tuned.best_step == min(kl_at, key=kl_at.__getitem__)  # picked by KL: the flips of 300 images are too few
 
 
 def test_choose_int8_runs_qad_when_no_setting_passes(student: tuple, tmp_path: Path) -> None:
@@ -152,3 +162,40 @@ def test_bad_qad_mode_is_one_line(tmp_path_factory: pytest.TempPathFactory) -> N
     result = runner.invoke(app, ["export", str(run.root), "--int8", "--qad", "sometimes"])
     assert result.exit_code == 1 and "--qad must be one of auto, always, never" in result.output
     assert "Traceback" not in result.output
+
+
+def test_tensorrt_qdq_model_is_fine_tuned_when_it_fails_the_gate(student: tuple, tmp_path: Path) -> None:
+    """The symmetric Q/DQ model for TensorRT gets the same rescue as ONNX Runtime's INT8 model, through its own
+    quantization, graded on images QAD never saw; what is written is the better model, still in TensorRT's layout."""
+    _, fp32, tune, grade = student
+    reference = run_logits(session(fp32, 1), grade)
+    with torch_threads(1):
+        built = quantize_for_tensorrt(
+            fp32, tmp_path / "trt.onnx", tune, grade, 0.99, threads=1, qad_images=lambda: tune, qad_steps=60
+        )
+    qad = built.qad
+    assert qad is not None and qad["trigger"] == "the post-training Q/DQ model fails the gate", qad
+    assert qad["steps"] == 60 and qad["images"] == len(tune) and qad["base"].endswith("symmetric")
+    assert qad["agree_fp32"] >= qad["base_agree_fp32"] + 0.01, qad
+    written = agreement(run_logits(session(built.path, 1), grade), reference)
+    assert written >= qad["agree_fp32"]  # the tuned model, or a mixed-precision one that agrees better
+    graph = onnx.load(str(built.path)).graph
+    weights = {i.name for i in graph.initializer}
+    assert all(n.input[0] not in weights for n in graph.node if n.op_type == "DequantizeLinear")
+
+
+def test_tensorrt_qdq_model_is_left_alone_with_qad_never(student: tuple, tmp_path: Path) -> None:
+    _, fp32, tune, grade = student
+    with torch_threads(1):
+        built = quantize_for_tensorrt(fp32, tmp_path / "trt.onnx", tune, grade, 0.5, threads=1, qad="never")
+    assert built.qad is None
+
+
+def test_export_for_tensorrt_records_and_says_the_qdq_fine_tune(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = fresh_run(tmp_path_factory, "qad-trt")
+    args = ["export", str(run.root), "--trt", "--int8", "--target", "jetson-orin-nano", "--threads", "1"]
+    result = runner.invoke(app, [*args, "--qad", "always"], terminal_width=200)
+    assert result.exit_code in (0, 2), result.output
+    assert "TensorRT Q/DQ model: quantization-aware distillation (requested" in result.output
+    qad = json.loads(run.run.export_record.read_text())["on_device"]["trt-int8"]["qdq_qad"]
+    assert qad["trigger"] == "requested" and qad["images"] == 10 and qad["steps"] > 0  # none of the graded images

@@ -196,6 +196,9 @@ def _print(result: ExportResult) -> None:
         )
         if quant.get("qad"):
             console.print(escape(_qad_line(quant["qad"])), highlight=False)
+    for outcome in result.outcomes:
+        if outcome.entry.get("qdq_qad"):
+            console.print(escape(f"TensorRT Q/DQ model: {_qad_line(outcome.entry['qdq_qad'])}"), highlight=False)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.script is not None:

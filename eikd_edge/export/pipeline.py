@@ -25,7 +25,7 @@ from eikd_edge.export.fieldset import folder_images, run_field_images
 from eikd_edge.export.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format
 from eikd_edge.export.fp16 import write_fp16
 from eikd_edge.export.qad import spare_field_images
-from eikd_edge.export.quantize import choose_int8, quantize_for_tensorrt
+from eikd_edge.export.quantize import TensorRTQDQ, choose_int8, quantize_for_tensorrt
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
 from eikd_edge.models.teacher import file_sha256
@@ -77,6 +77,7 @@ class _Context:
     ref: Reference
     _calib: np.ndarray | None = None
     _evaluation: np.ndarray | None = None
+    _spare: np.ndarray | tuple[()] | None = None  # () once decoded and found empty
     gated: list[Outcome] = field(default_factory=list)  # on-device artifacts refused before any script was written
 
     @property
@@ -256,9 +257,12 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
 
 
 def _qad_images(ctx: _Context) -> np.ndarray | None:
-    """Normalised field images for quantization-aware distillation, none of them among the gate's images."""
-    spare = spare_field_images(ctx.run, ctx.ckpt.spec, set(ctx.ref.images.paths), ctx.request.images)
-    return None if spare is None else normalize(spare.images, ctx.ckpt.spec).numpy()
+    """Normalised field images for quantization-aware distillation, none of them among the gate's images (decoded
+    once, shared by the ONNX Runtime and the TensorRT INT8 models)."""
+    if ctx._spare is None:
+        spare = spare_field_images(ctx.run, ctx.ckpt.spec, set(ctx.ref.images.paths), ctx.request.images)
+        ctx._spare = () if spare is None else normalize(spare.images, ctx.ckpt.spec).numpy()
+    return None if isinstance(ctx._spare, tuple) else ctx._spare
 
 
 def _build_engine(ctx: _Context, onnx_path: Path, precision: str) -> dict[str, Any]:
@@ -317,18 +321,10 @@ def _write_script(ctx: _Context, on_device: dict[str, dict[str, Any]]) -> Path |
 
 def _qdq_for_device(ctx: _Context, info: dict[str, Any]) -> str | None:
     """Write student.int8.trt.onnx and gate it; None (info marked failed_gate, with what to try) when it falls short."""
-    evaluation = ctx.evaluation()
-    built = quantize_for_tensorrt(
-        get_format("onnx").path(ctx.run.root),
-        ctx.run.export_dir / TRT_QDQ_ONNX,
-        ctx.calibration(),
-        evaluation,
-        ctx.request.gate,
-        ctx.request.threads,
-    )
+    built = _tensorrt_qdq(ctx)
     checked = parity(_onnx_logits(ctx, built.path, TRT_QDQ_ONNX), ctx.ref, ctx.request.gate)
     info.update(qdq_onnx=built.path.name, qdq_parity_onnxruntime=checked.to_dict())
-    info["qdq_fp32_nodes"] = list(built.fp32_nodes)
+    info.update(qdq_fp32_nodes=list(built.fp32_nodes), qdq_qad=built.qad)
     if checked.passed:
         return built.path.name
     worst = ", ".join(r["node"] for r in built.ranking[:4]) or "none found"
@@ -343,12 +339,26 @@ def _qdq_for_device(ctx: _Context, info: dict[str, Any]) -> str | None:
     return None
 
 
+def _tensorrt_qdq(ctx: _Context) -> TensorRTQDQ:
+    """student.int8.trt.onnx, graded and (when it falls short) fine-tuned or mixed-precision as ORT's INT8 is."""
+    return quantize_for_tensorrt(
+        get_format("onnx").path(ctx.run.root),
+        ctx.run.export_dir / TRT_QDQ_ONNX,
+        ctx.calibration(),
+        ctx.evaluation(),
+        ctx.request.gate,
+        ctx.request.threads,
+        qad=ctx.request.qad,
+        qad_images=lambda: _qad_images(ctx),
+    )
+
+
 def _device_onnx(ctx: _Context, onnx_path: Path, precision: str) -> Path | None:
     """The FP16 ONNX (fp16) or the symmetric Q/DQ ONNX (int8) beside student.onnx; None for fp32."""
     if precision == "fp16":
         return write_fp16(onnx_path, ctx.run.export_dir / FP16_ONNX)
     if precision == "int8":
-        return quantize_for_tensorrt(onnx_path, ctx.run.export_dir / TRT_QDQ_ONNX, ctx.calibration()).path
+        return _tensorrt_qdq(ctx).path
     return None
 
 

@@ -285,11 +285,23 @@ def qad_trigger(results: list[Candidate], gate: float, n_images: int) -> str | N
     setting passes, and also when one passes only by a hair (no Wilson lower bound clears the gate) on a sample large
     enough for a lower bound to clear it at all (about 380 images at a 0.99 gate): a pass by a hair is one that
     another machine's kernels can turn into a failure."""
-    if not any(c.passed for c in results):
+    shortfall = short_of_sound([c.agree_fp32 for c in results], gate, n_images)
+    if shortfall == "failed":
         return "no post-training setting passed the gate"
-    if wilson_interval(n_images, n_images)[0] >= gate and not any(c.passed and c.wilson[0] >= gate for c in results):
+    if shortfall == "by_a_hair":
         return "post-training settings pass the gate only by a hair (no 95% lower bound clears it)"
     return None
+
+
+def short_of_sound(agreements: list[float], gate: float, n_images: int) -> str | None:
+    """Why these agreements are not a sound pass: "failed" when none reaches the gate, "by_a_hair" when some do but
+    none with a 95% Wilson lower bound that clears it on a sample where one could; None for a sound pass."""
+    if not any(a >= gate for a in agreements):
+        return "failed"
+    if wilson_interval(n_images, n_images)[0] < gate:
+        return None
+    sound = any(a >= gate and wilson_interval(round(a * n_images), n_images)[0] >= gate for a in agreements)
+    return None if sound else "by_a_hair"
 
 
 def choose_int8(
@@ -460,6 +472,7 @@ class TensorRTQDQ:
     path: Path
     fp32_nodes: tuple[str, ...]
     ranking: list[dict[str, Any]]
+    qad: dict[str, Any] | None = None  # what quantization-aware distillation did, when it ran
 
 
 def quantize_for_tensorrt(
@@ -469,25 +482,69 @@ def quantize_for_tensorrt(
     evaluation: np.ndarray | None = None,
     gate: float = 0.0,
     threads: int = 0,
+    qad: str = "auto",
+    qad_images: Callable[[], np.ndarray | None] | None = None,
+    qad_steps: int | None = None,
 ) -> TensorRTQDQ:
     """The symmetric S8 Q/DQ model that TensorRT builds an INT8 engine from (explicit quantization, no calibrator).
-    With `evaluation` images: below `gate` against FP32, its most sensitive nodes are kept in FP32 as for ORT."""
+    With `evaluation` images it is graded against FP32 and, as for ONNX Runtime's INT8 model, fine-tuned through its
+    own quantization when it fails the gate or passes only by a hair (`qad`, on `qad_images()`, never the graded
+    images); still below `gate`, its most sensitive nodes are kept in FP32."""
     with tempfile.TemporaryDirectory(prefix=".int8-trt-", dir=out.parent) as tmp:
-        built = quantize_one(fp32, Path(tmp) / "trt.onnx", TRT_SETTING, calib, Path(tmp))
+        work = Path(tmp)
+        built = quantize_one(fp32, work / "trt.onnx", TRT_SETTING, calib, work)
         excluded: tuple[str, ...] = ()
         ranking: list[dict[str, Any]] = []
+        qad_record: dict[str, Any] | None = None
         if evaluation is not None and len(evaluation):
             reference = run_logits(session(fp32, threads), evaluation)
-            base = agreement(run_logits(session(built, threads), evaluation), reference)
-            if base < gate:
-                mixed = keep_sensitive_in_fp32(
-                    fp32, TRT_SETTING, calib, evaluation, reference, gate, Path(tmp), threads
-                )
+            agree = agreement(run_logits(session(built, threads), evaluation), reference)
+            shortfall = short_of_sound([agree], gate, len(evaluation))
+            trigger = "requested" if qad == "always" else _TRT_TRIGGERS.get(shortfall) if qad == "auto" else None
+            if trigger is not None:
+                qad_record = {"trigger": trigger, "base": TRT_SETTING.label, "base_agree_fp32": agree}
+                tuned = _tensorrt_qad(fp32, built, calib, qad_images, evaluation, reference, work, threads, qad_steps)
+                qad_record.update(tuned[2])
+                if tuned[0] is not None and tuned[1] > agree:
+                    built, agree = tuned[0], tuned[1]
+            if agree < gate:
+                mixed = keep_sensitive_in_fp32(fp32, TRT_SETTING, calib, evaluation, reference, gate, work, threads)
                 ranking = mixed.ranking
-                if mixed.agree > base:
+                if mixed.agree > agree:
                     built, excluded = mixed.path, mixed.excluded
         write_atomic(out, lambda t: shutil.copyfile(built, t))
-    return TensorRTQDQ(out, excluded, ranking)
+    return TensorRTQDQ(out, excluded, ranking, qad_record)
+
+
+_TRT_TRIGGERS = {
+    "failed": "the post-training Q/DQ model fails the gate",
+    "by_a_hair": "the post-training Q/DQ model passes the gate only by a hair (its 95% lower bound does not clear it)",
+}
+
+
+def _tensorrt_qad(
+    fp32: Path,
+    qdq: Path,
+    calib: np.ndarray,
+    qad_images: Callable[[], np.ndarray | None] | None,
+    evaluation: np.ndarray,
+    reference: np.ndarray,
+    work: Path,
+    threads: int,
+    steps: int | None,
+) -> tuple[Path | None, float, dict[str, Any]]:
+    """(tuned Q/DQ model or None, its agreement with FP32 on the graded images, what to record)."""
+    from eikd_edge.export.qad import tuned_and_requantized
+
+    images = qad_images() if qad_images else None
+    if images is None or len(images) == 0:
+        return None, -1.0, {"skipped": "no field images left that the gate does not grade"}
+    try:
+        path, run = tuned_and_requantized(fp32, qdq, TRT_SETTING, calib, images, work, steps, threads)
+    except EikdError as exc:
+        return None, -1.0, {"skipped": str(exc)}
+    agree = agreement(run_logits(session(path, threads), evaluation), reference)
+    return path, agree, {**run.record(), "agree_fp32": agree}
 
 
 def _batch_of(images: np.ndarray, batch: int) -> np.ndarray:
