@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -80,3 +82,18 @@ def test_stratified_round_robin_keeps_rare_classes() -> None:
     picked = stratified(entries, 4)
     assert [e["predicted"] for e in picked].count("b") == 1
     assert [e["score"] for e in picked if e["predicted"] == "a"] == [19, 18, 17]
+
+
+def test_an_int8_model_not_faster_than_fp32_is_not_recommended(int8_run: FixtureRun, tmp_path: Path) -> None:
+    from eikd_edge.commands.export_cmd import _int8_line
+    from eikd_edge.export.quantize import Candidate, QuantResult, QuantSetting
+
+    slow = Candidate(QuantSetting("s8"), 3.0, 9.0, 8, 0.995, 0.1, True, n_images=1000)
+    record = QuantResult(tmp_path / "i8.onnx", slow, [slow], 1.0, 4.0, 64, 1.0, 1000).record()
+    assert record["faster_than_fp32"] is False and _int8_line(record).endswith("not recommended")
+    fast = replace(slow, latency_ms_batch=2.0)
+    record = QuantResult(tmp_path / "i8.onnx", fast, [fast], 1.0, 4.0, 64, 1.0, 1000).record()
+    assert record["faster_than_fp32"] is True and "recommended" not in _int8_line(record)
+    entry = json.loads(int8_run.run.export_record.read_text())["artifacts"]["onnx-int8"]
+    quant = entry["quantization"]
+    assert entry["recommended"] is (quant["chosen"]["latency_ms_batch"] < quant["fp32"]["latency_ms_batch"])

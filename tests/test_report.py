@@ -462,3 +462,28 @@ def test_html_renders_in_headless_chromium(reported: tuple[Path, str], tmp_path:
     assert shot.stat().st_size > 10_000
     for log in (dom.stderr, snap.stderr):  # the page logs nothing: any console line (error or not) is a finding
         assert "Uncaught" not in log and ":CONSOLE" not in log, log[-2000:]
+
+
+def test_an_int8_model_slower_than_fp32_is_never_recommended(reported: tuple[Path, str], tmp_path: Path) -> None:
+    """On the exporting machine (export.json says so) and in the run's own benchmark (an INT8 row slower than the
+    FP32 ONNX row at the same batch), the report says to deploy FP32 instead."""
+    run, _ = reported
+    copy = tmp_path / "slow-int8"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report.*"))
+    exported = json.loads((copy / "export" / "export.json").read_text())
+    exported["artifacts"]["onnx-int8"] = {**exported["artifacts"]["onnx"], "precision": "int8", "recommended": False}
+    (copy / "export" / "export.json").write_text(json.dumps(exported))
+    bench = json.loads((copy / "bench.json").read_text())
+    onnx_row = next(r for r in bench["rows"] if r["model"] == "onnx" and r["batch"] == 4)
+    slow = {**onnx_row, "model": "onnx-int8", "backend": "ort-int8", "precision": "int8"}
+    slow["latency_ms"] = {k: v * 2 for k, v in onnx_row["latency_ms"].items()}
+    fast = {**slow, "batch": 1, "latency_ms": {k: v / 100 for k, v in onnx_row["latency_ms"].items()}}
+    bench["rows"] += [slow, fast]
+    (copy / "bench.json").write_text(json.dumps(bench))
+    output = _ok(["report", str(copy), "--no-confusion"])
+    notes = _report(copy).notes
+    assert "not recommended" in output
+    assert any(n.startswith("onnx-int8 was not faster than FP32 on the machine that exported it") for n in notes)
+    slower = [n for n in notes if n.startswith("onnx-int8 is not faster than onnx (FP32) in this benchmark")]
+    assert len(slower) == 1 and "at batch 4" in slower[0], notes  # batch 1 is faster: no note for it
+    assert not any("onnx-int8" in n for n in _report(run).notes)

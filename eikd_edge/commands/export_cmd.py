@@ -213,9 +213,10 @@ def _print(result: ExportResult) -> None:
 def _int8_line(quant: dict) -> str:
     chosen, fp32 = quant["chosen"], quant["fp32"]
     batch = chosen["batch"]
+    slower = "" if quant.get("faster_than_fp32", True) else "; not faster than FP32 here: not recommended"
     return (
         f"{chosen['latency_ms_batch']:.2f} ms vs FP32 {fp32['latency_ms_batch']:.2f} ms at batch {batch}, "
-        f"agreement with FP32 {chosen['agree_fp32']:.2%}"
+        f"agreement with FP32 {chosen['agree_fp32']:.2%}{slower}"
     )
 
 

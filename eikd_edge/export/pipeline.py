@@ -249,11 +249,23 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
         qad_images=lambda: _qad_images(ctx),
     )
     entry = _entry(ctx, "onnx-int8", path, result.build_s, _opset(path), _onnx_logits(ctx, path, "onnx-int8"))
-    entry.update(quantization=result.record(), source="student.onnx")
+    entry.update(quantization=result.record(), source="student.onnx", recommended=result.faster_than_fp32)
+    if not result.faster_than_fp32:
+        ctx.ref.notes.append(
+            slower_int8_note(result.chosen.latency_ms_batch, result.fp32_latency_ms_batch, result.chosen.batch)
+        )
     advice = result.advice()
     if entry["status"] == "failed_gate" and advice:
         entry["reason"] = f"{entry['reason']}; {advice}"
     return entry
+
+
+def slower_int8_note(int8_ms: float, fp32_ms: float, batch: int) -> str:
+    return (
+        f"student.int8.onnx is not faster than student.onnx on this machine ({int8_ms:.2f} vs {fp32_ms:.2f} ms at "
+        f"batch {batch}): not recommended here, deploy student.onnx (INT8 pays off on CPUs with VNNI or dot-product "
+        "instructions; export on the target CPU to check)"
+    )
 
 
 def _qad_images(ctx: _Context) -> np.ndarray | None:

@@ -127,6 +127,7 @@ class QuantResult:
             "chosen": self.chosen.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
             "fp32": {"latency_ms_b1": self.fp32_latency_ms_b1, "latency_ms_batch": self.fp32_latency_ms_batch},
+            "faster_than_fp32": self.faster_than_fp32,
             "selection_rule": SELECTION_RULE,
             "qad": self.qad,
             "calibration_images": self.calibration_images,
@@ -135,6 +136,12 @@ class QuantResult:
             "fp32_nodes": list(self.chosen.fp32_nodes),
             "sensitivity": self.sensitivity,
         }
+
+    @property
+    def faster_than_fp32(self) -> bool:
+        """At the target's opt batch on this machine. An INT8 model that is not faster is never the recommended
+        artifact: it only costs agreement (ORT's INT8 kernels lose to FP32 on CPUs without VNNI / dot-product)."""
+        return self.chosen.latency_ms_batch < self.fp32_latency_ms_batch
 
     def advice(self) -> str | None:
         """What the user can try when even the sensitivity pass did not reach the gate."""

@@ -191,6 +191,7 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
             bench = BenchResult.model_validate(bench_json)
         except ValidationError:
             notes.append(f"{BENCH_FILE} is from another eikd-edge version: re-run `eikd-edge bench {run.root}`")
+    notes += slower_int8_notes(export, bench)
     section = None
     if confusion and ckpt is not None:
         try:
@@ -360,6 +361,29 @@ def _headline(
         validation_passed=(validation or {}).get("passed"),
         gate=(validation or {}).get("gate"),
     )
+
+
+def slower_int8_notes(export: dict[str, Any] | None, bench: BenchResult | None) -> list[str]:
+    """An INT8 model that is not faster than FP32 is never recommended: on the exporting machine (export.json) and
+    in this run's benchmark, batch by batch."""
+    notes = []
+    int8 = ((export or {}).get("artifacts") or {}).get("onnx-int8") or {}
+    if int8.get("recommended") is False:
+        notes.append(
+            "onnx-int8 was not faster than FP32 on the machine that exported it: not recommended there, deploy "
+            "student.onnx"
+        )
+    rows = {(r.model, r.batch): r for r in (bench.rows if bench else []) if r.ok and r.latency_ms}
+    for (model, batch), row in sorted(rows.items(), key=lambda item: str(item[0])):
+        fp32 = rows.get(("onnx", batch))
+        if model != "onnx-int8" or fp32 is None or not row.latency_ms or not fp32.latency_ms:
+            continue
+        if row.latency_ms.p50 >= fp32.latency_ms.p50:
+            notes.append(
+                f"onnx-int8 is not faster than onnx (FP32) in this benchmark at batch {batch} "
+                f"({row.latency_ms.p50:.2f} vs {fp32.latency_ms.p50:.2f} ms p50): not recommended on this machine"
+            )
+    return notes
 
 
 def _speed_rows(bench: BenchResult) -> list[SpeedRow]:
