@@ -49,3 +49,18 @@ def ci95(share: float | None, count: int) -> float | None:
     z = 1.96
     centre_spread = z * math.sqrt(share * (1 - share) / count + z * z / (4 * count * count))
     return centre_spread / (1 + z * z / count)
+
+
+def constant_guess_rate(teacher_classes: np.ndarray) -> float | None:
+    """The agreement a student gets by always answering the teacher's most common class on the slice: the floor
+    below which (or near which) a student has learned nothing."""
+    if len(teacher_classes) == 0:
+        return None
+    return float(np.bincount(teacher_classes).max() / len(teacher_classes))
+
+
+NEAR_CHANCE_FACTOR = 2.0  # agreement under twice the constant guess: the student has barely learned
+
+
+def near_chance(top1: float | None, constant_guess: float | None) -> bool:
+    return top1 is not None and constant_guess is not None and top1 < NEAR_CHANCE_FACTOR * constant_guess

@@ -16,7 +16,7 @@ from rich.markup import escape
 from torch import nn
 
 from eikd_edge import __version__
-from eikd_edge.agreement import agreement_slice
+from eikd_edge.agreement import agreement_slice, constant_guess_rate
 from eikd_edge.atomic import write_json_atomic, write_yaml_atomic
 from eikd_edge.checkpoint import student_weights_record
 from eikd_edge.config import Recipe
@@ -413,6 +413,9 @@ def _distill(
     trainer.release()  # the DDP wrapper goes before the process group it talks through
     if ctx.is_main and "synthesis" in extras:
         metrics["synthesis"] = extras["synthesis"]
+    if ctx.is_main:
+        slice_classes = pool.logits[selection.agreement_indices].argmax(1).numpy()
+        metrics["agreement"]["constant_guess"] = constant_guess_rate(slice_classes)
     if ctx.is_main:
         metrics["student"]["weights"] = weights
         write_json_atomic(run.metrics, metrics)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -96,3 +97,12 @@ def test_keep_last_ships_the_last_epoch(tmp_path: Path, script_teacher: Path, di
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["student"]["kept_epoch"] == 2 and metrics["epochs"]["keep"] == "last"
     assert torch.load(out / "student.pt", weights_only=True)["kept_epoch"] == 2
+
+
+def test_constant_guess_and_near_chance() -> None:
+    from eikd_edge.agreement import constant_guess_rate, near_chance
+
+    assert constant_guess_rate(np.array([0, 0, 0, 1, 2, 3, 4, 5, 6, 7])) == 0.3
+    assert constant_guess_rate(np.zeros(0, dtype=np.int64)) is None
+    assert near_chance(0.175, 0.12) and not near_chance(0.62, 0.12)
+    assert not near_chance(None, 0.12) and not near_chance(0.1, None)

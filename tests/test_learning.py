@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from eikd_edge.agreement import near_chance
 from eikd_edge.checkpoint import load_student
+from eikd_edge.cli import app
 from eikd_edge.config import load_recipe
 from eikd_edge.data import load_labeled_folder
 from eikd_edge.distill import DistillInputs, distill
@@ -73,7 +76,19 @@ def test_distillation_lifts_the_student_far_above_its_untrained_self(
     assert untrained_top1 < 0.25 and teacher_top1 > 0.6
     assert student_top1 > untrained_top1 + 0.25, (student_top1, untrained_top1)
     assert agreement > 0.4, agreement
+    assert not near_chance(agreement, result.metrics["agreement"]["constant_guess"])
     assert result.metrics["train"]["param_checksum"]["initial"] != result.metrics["train"]["param_checksum"]["final"][0]
+
+
+def test_a_student_that_has_not_learned_is_called_out(tmp_path: Path, fitted: FixtureRun, digit_pool: Path) -> None:
+    """One step at a vanishing learning rate leaves the student its random self: the summary says so."""
+    args = ["distill", "-t", str(fitted.teacher), "-u", str(digit_pool), "--val", str(fitted.val)]
+    sets = [arg for item in (*LEARN, "train.steps=1", "train.lr=1e-9") for arg in ("--set", item)]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "run"), *sets], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    agreement = json.loads((tmp_path / "run" / "metrics.json").read_text())["agreement"]
+    assert 0 < agreement["constant_guess"] < 0.5 and near_chance(agreement["top1"], agreement["constant_guess"])
+    assert "barely learned" in result.output and "--student-weights" in result.output
 
 
 def _top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: InputSpec) -> float:

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
-from eikd_edge.console import console
+from eikd_edge.console import console, err_console
 
 if TYPE_CHECKING:
     from eikd_edge.distill import DistillResult
@@ -135,7 +135,21 @@ def print_distill_summary(result: DistillResult) -> None:
             "[yellow]no images held out:[/] label-free model selection was off (the last epoch was kept); "
             "add field images or raise selection.agreement_fraction"
         )
+    _warn_if_near_chance(m["agreement"])
     console.print(escape(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}"))
+
+
+def _warn_if_near_chance(agreement: dict[str, Any]) -> None:
+    from eikd_edge.agreement import near_chance
+
+    top1, guess = agreement.get("top1"), agreement.get("constant_guess")
+    if near_chance(top1, guess):
+        err_console.print(
+            f"[yellow]warning:[/] the student agrees with the teacher on only {_pct(top1)} of the fixed slice, near "
+            f"the {_pct(guess)} that always answering the teacher's most common class gets: it has barely learned "
+            "(give it more steps with --epochs or --budget, or a pretrained start with --student-weights)",
+            highlight=False,
+        )
 
 
 def _agreement(agreement: dict[str, Any]) -> str:
