@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,9 @@ CANDIDATES: tuple[QuantSetting, ...] = (
 # TensorRT explicit quantization accepts only symmetric INT8 (zero point 0) and float biases; the Q/DQ layout is
 # the one NVIDIA's ORT -> TensorRT recipe uses (weights as FP32 behind a Q->DQ pair, no DQ shared by two consumers).
 TRT_SETTING = QuantSetting("s8", per_channel=True, symmetric_activation=True, quantize_bias=False, qdq_pairs=True)
+# Symmetric ranges waste half the levels on a ReLU's output, so clipping rare outliers (percentile) often helps;
+# which one is closer to FP32 is measured on the tuning images for each model.
+TRT_CALIBRATIONS = ("minmax", "percentile")
 
 
 @dataclass(frozen=True)
@@ -480,6 +483,7 @@ class TensorRTQDQ:
     fp32_nodes: tuple[str, ...]
     ranking: list[dict[str, Any]]
     qad: dict[str, Any] | None = None  # what quantization-aware distillation did, when it ran
+    calibration: dict[str, Any] = field(default_factory=dict)  # the method chosen and each one's tuning KL
 
 
 def quantize_for_tensorrt(
@@ -499,7 +503,7 @@ def quantize_for_tensorrt(
     images); still below `gate`, its most sensitive nodes are kept in FP32."""
     with tempfile.TemporaryDirectory(prefix=".int8-trt-", dir=out.parent) as tmp:
         work = Path(tmp)
-        built = quantize_one(fp32, work / "trt.onnx", TRT_SETTING, calib, work)
+        setting, built, calibration = _calibrated_for_tensorrt(fp32, calib, work, threads)
         excluded: tuple[str, ...] = ()
         ranking: list[dict[str, Any]] = []
         qad_record: dict[str, Any] | None = None
@@ -509,18 +513,36 @@ def quantize_for_tensorrt(
             shortfall = short_of_sound([agree], gate, len(evaluation))
             trigger = "requested" if qad == "always" else _TRT_TRIGGERS.get(shortfall) if qad == "auto" else None
             if trigger is not None:
-                qad_record = {"trigger": trigger, "base": TRT_SETTING.label, "base_agree_fp32": agree}
-                tuned = _tensorrt_qad(fp32, built, calib, qad_images, evaluation, reference, work, threads, qad_steps)
+                qad_record = {"trigger": trigger, "base": setting.label, "base_agree_fp32": agree}
+                tuned = _tensorrt_qad(
+                    fp32, built, setting, calib, qad_images, evaluation, reference, work, threads, qad_steps
+                )
                 qad_record.update(tuned[2])
                 if tuned[0] is not None and tuned[1] > agree:
                     built, agree = tuned[0], tuned[1]
             if agree < gate:
-                mixed = keep_sensitive_in_fp32(fp32, TRT_SETTING, calib, evaluation, reference, gate, work, threads)
+                mixed = keep_sensitive_in_fp32(fp32, setting, calib, evaluation, reference, gate, work, threads)
                 ranking = mixed.ranking
                 if mixed.agree > agree:
                     built, excluded = mixed.path, mixed.excluded
         write_atomic(out, lambda t: shutil.copyfile(built, t))
-    return TensorRTQDQ(out, excluded, ranking, qad_record)
+    return TensorRTQDQ(out, excluded, ranking, qad_record, calibration)
+
+
+def _calibrated_for_tensorrt(
+    fp32: Path, calib: np.ndarray, work: Path, threads: int
+) -> tuple[QuantSetting, Path, dict[str, Any]]:
+    """The symmetric Q/DQ model under each of TRT_CALIBRATIONS; the one closest to FP32 (mean KL) on the
+    calibration images is kept: the tuning images choose, the graded images only grade."""
+    tuning_ref = run_logits(session(fp32, threads), calib)
+    scored = []
+    for method in TRT_CALIBRATIONS:
+        setting = replace(TRT_SETTING, calibration=method)
+        path = quantize_one(fp32, work / f"trt-{method}.onnx", setting, calib, work)
+        scored.append((_mean_kl(tuning_ref, run_logits(session(path, threads), calib)), setting, path))
+    _, setting, path = min(scored, key=lambda item: item[0])
+    record = {"chosen": setting.calibration, "tuning_kl": {s.calibration: round(k, 8) for k, s, _ in scored}}
+    return setting, path, record
 
 
 _TRT_TRIGGERS = {
@@ -532,6 +554,7 @@ _TRT_TRIGGERS = {
 def _tensorrt_qad(
     fp32: Path,
     qdq: Path,
+    setting: QuantSetting,
     calib: np.ndarray,
     qad_images: Callable[[], np.ndarray | None] | None,
     evaluation: np.ndarray,
@@ -547,7 +570,7 @@ def _tensorrt_qad(
     if images is None or len(images) == 0:
         return None, -1.0, {"skipped": "no field images left that the gate does not grade"}
     try:
-        path, run = tuned_and_requantized(fp32, qdq, TRT_SETTING, calib, images, work, steps, threads)
+        path, run = tuned_and_requantized(fp32, qdq, setting, calib, images, work, steps, threads)
     except EikdError as exc:
         return None, -1.0, {"skipped": str(exc)}
     agree = agreement(run_logits(session(path, threads), evaluation), reference)
