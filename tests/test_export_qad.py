@@ -177,6 +177,7 @@ def test_tensorrt_qdq_model_is_fine_tuned_when_it_fails_the_gate(student: tuple,
     assert qad is not None and qad["trigger"] == "the post-training Q/DQ model fails the gate", qad
     assert qad["steps"] == 120 and qad["images"] == len(tune) and "symmetric" in qad["base"]
     assert qad["agree_fp32"] >= qad["base_agree_fp32"] + 0.01, qad
+    assert len(qad["runs"]) == 2 and {c["method"] for c in built.candidates} >= {"ptq", "qad"}  # both calibrations
     written = agreement(run_logits(session(built.path, 1), grade), reference)
     assert written >= qad["agree_fp32"]  # the tuned model, or a mixed-precision one that agrees better
     graph = onnx.load(str(built.path)).graph
@@ -189,8 +190,14 @@ def test_tensorrt_qdq_model_is_left_alone_with_qad_never(student: tuple, tmp_pat
     with torch_threads(1):
         built = quantize_for_tensorrt(fp32, tmp_path / "trt.onnx", tune, grade, 0.5, threads=1, qad="never")
     assert built.qad is None
-    kl = built.calibration["tuning_kl"]
-    assert set(kl) == {"minmax", "percentile"} and built.calibration["chosen"] == min(kl, key=kl.__getitem__)
+    graded = built.candidates
+    assert [c["calibration"] for c in graded] == ["minmax", "percentile"] and all(c["method"] == "ptq" for c in graded)
+    chosen = [c for c in graded if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["agree_fp32"] == max(c["agree_fp32"] for c in graded)
+    assert (
+        agreement(run_logits(session(built.path, 1), grade), run_logits(session(fp32, 1), grade))
+        == chosen[0]["agree_fp32"]
+    )
 
 
 def test_export_for_tensorrt_records_and_says_the_qdq_fine_tune(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -336,7 +336,7 @@ def _qdq_for_device(ctx: _Context, info: dict[str, Any]) -> str | None:
     built = _tensorrt_qdq(ctx)
     checked = parity(_onnx_logits(ctx, built.path, TRT_QDQ_ONNX), ctx.ref, ctx.request.gate)
     info.update(qdq_onnx=built.path.name, qdq_parity_onnxruntime=checked.to_dict())
-    info.update(qdq_fp32_nodes=list(built.fp32_nodes), qdq_qad=built.qad, qdq_calibration=built.calibration)
+    info.update(qdq_fp32_nodes=list(built.fp32_nodes), qdq_qad=built.qad, qdq_candidates=built.candidates)
     if checked.passed:
         return built.path.name
     worst = ", ".join(r["node"] for r in built.ranking[:4]) or "none found"

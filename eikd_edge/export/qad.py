@@ -186,7 +186,7 @@ def tuned_and_requantized(
 ) -> tuple[Path, QADRun]:
     """Fine-tune through `qdq`'s quantization, then quantize the tuned weights with `setting` (calibrated afresh on
     `calib`): the INT8 model to grade, in `work`. Raises EikdError when there are no images to tune on."""
-    tag = "trt" if setting.qdq_pairs else "ort"
+    tag = f"{'trt' if setting.qdq_pairs else 'ort'}-{setting.calibration}"
     run = distill_quantized(fp32, qdq, images, work / f"qad-fp32-{tag}.onnx", steps or STEPS, threads=threads)
     return quantize_one(run.path, work / f"qad-{tag}.onnx", setting, calib, None), run
 
