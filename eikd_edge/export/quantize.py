@@ -569,8 +569,8 @@ def _tensorrt_qad_record(trigger: str, runs: list[tuple[_TensorRTCandidate | Non
 
 
 _TRT_TRIGGERS = {
-    "failed": "the post-training Q/DQ model fails the gate",
-    "by_a_hair": "the post-training Q/DQ model passes the gate only by a hair (its 95% lower bound does not clear it)",
+    "failed": "no post-training Q/DQ model passed the gate",
+    "by_a_hair": "post-training Q/DQ models pass the gate only by a hair (no 95% lower bound clears it)",
 }
 
 
