@@ -11,6 +11,8 @@ work=$(mktemp -d)
 mkdir -p "$out"
 ln -s "$repo/examples" "$work/examples"
 export COLUMNS=${COLUMNS:-100}
+export XDG_CACHE_HOME="$work/xdg"  # the teacher-score cache lands in the scratch folder, shown as xdg/...
+export EIKD_NO_PROGRESS=1  # progress bars redraw in a terminal; in a file they would leave their last frame
 tool=${EIKD_EDGE:-$repo/.venv/bin/eikd-edge}
 step() {  # name, then the command's arguments, run in a scratch folder holding examples/ and runs/
     local name=$1
