@@ -99,7 +99,10 @@ class AugmentConfig(_Strict):
     )
     crop_pad: int = Field(2, ge=0, le=MAX_CROP_PAD, description="pad-and-random-crop, in pixels at training resolution")
     crop_scale: float = Field(0.35, gt=0, le=1, description="resized: smallest share of the image area a crop keeps")
-    flip: bool = False
+    flip: bool | Literal["auto"] = Field(
+        "auto",
+        description="horizontal flip; auto: on above 64 px (photos), off below (digits, text: a flip changes them)",
+    )
     jitter: float = Field(0.1, ge=0, le=1, description="brightness/contrast jitter strength")
 
 

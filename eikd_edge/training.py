@@ -34,7 +34,7 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     elif config.crop_pad > 0:
         x = pad_crop(x, config.crop_pad, generator)
     batch, device = x.shape[0], x.device
-    if config.flip:
+    if uses_flip(config, x.shape[-2:]):
         flip = torch.rand(batch, generator=generator, device=device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if config.jitter > 0:
@@ -51,6 +51,11 @@ SMALL_INPUT = 64  # up to this side, CIFAR-style pad-crop; above it, random-resi
 
 def uses_resized_crop(config: AugmentConfig, size: tuple[int, int] | torch.Size) -> bool:
     return config.crop == "resized" or (config.crop == "auto" and min(size) > SMALL_INPUT)
+
+
+def uses_flip(config: AugmentConfig, size: tuple[int, int] | torch.Size) -> bool:
+    """Photos keep their label under a horizontal flip; at CIFAR sizes the inputs are often digits or glyphs."""
+    return config.flip is True or (config.flip == "auto" and min(size) > SMALL_INPUT)
 
 
 def pad_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -26,6 +26,7 @@ from eikd_edge.training import (
     mix_images,
     recalibrate_batchnorm,
     steps_within_budget,
+    uses_flip,
     uses_resized_crop,
 )
 
@@ -144,7 +145,7 @@ def test_the_odsd_flag_with_kd_is_refused(tmp_path: Path, script_teacher: Path, 
 def test_large_inputs_get_random_resized_crops_small_ones_pad_crops() -> None:
     """A horizontal ramp (value = column) at 96 px: each crop is a zoomed, unflipped window, so every row still
     rises left to right, spans at least the narrowest allowed box and differs between images; 32 px pad-crops."""
-    config = load_recipe(None, []).train.augment.model_copy(update={"jitter": 0.0})
+    config = load_recipe(None, []).train.augment.model_copy(update={"jitter": 0.0, "flip": False})
     ramp = torch.arange(96, dtype=torch.float32).expand(8, 3, 96, 96).contiguous()
     out = augment(ramp.to(torch.uint8), config, torch.Generator().manual_seed(0))
     assert out.shape == ramp.shape
@@ -155,6 +156,19 @@ def test_large_inputs_get_random_resized_crops_small_ones_pad_crops() -> None:
     assert uses_resized_crop(config, (96, 96)) and not uses_resized_crop(config, (32, 32))
     small = augment(ramp[:, :, :32, :32].to(torch.uint8), config, torch.Generator().manual_seed(0))
     assert set((small[:, 0, 16, 16] - 16).tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0}  # a pad-crop shift only
+
+
+def test_large_inputs_are_flipped_by_default_small_ones_never() -> None:
+    """flip: auto. A horizontal ramp with crops and jitter off: at 96 px some images come out mirrored and the others
+    untouched; at 32 px (digits, glyphs, where a mirror changes the class) none is mirrored."""
+    config = load_recipe(None, []).train.augment.model_copy(update={"jitter": 0.0, "crop": "pad", "crop_pad": 0})
+    assert config.flip == "auto" and uses_flip(config, (96, 96)) and not uses_flip(config, (32, 32))
+    for size, flipped_expected in ((96, True), (32, False)):
+        ramp = torch.arange(size, dtype=torch.float32).expand(16, 3, size, size).contiguous()
+        out = augment(ramp.to(torch.uint8), config, torch.Generator().manual_seed(0))
+        mirrored = [bool(torch.equal(o, ramp[0].flip(-1))) for o in out]
+        assert all(m or torch.equal(o, ramp[0]) for m, o in zip(mirrored, out, strict=True))
+        assert any(mirrored) is flipped_expected and (not flipped_expected or not all(mirrored)), (size, mirrored)
 
 
 def test_precise_batchnorm_makes_eval_outputs_match_what_the_student_learned() -> None:
