@@ -106,3 +106,4 @@ def test_constant_guess_and_near_chance() -> None:
     assert constant_guess_rate(np.zeros(0, dtype=np.int64)) is None
     assert near_chance(0.175, 0.12) and not near_chance(0.62, 0.12)
     assert not near_chance(None, 0.12) and not near_chance(0.1, None)
+    assert near_chance(0.8, 0.7) and not near_chance(0.9, 0.7)  # one dominant class: halfway to 100%
