@@ -26,7 +26,7 @@ from eikd_edge.export.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_
 from eikd_edge.export.fp16 import write_fp16
 from eikd_edge.export.qad import spare_field_images
 from eikd_edge.export.qdq_tensorrt import TensorRTQDQ, quantize_for_tensorrt
-from eikd_edge.export.quantize import choose_int8
+from eikd_edge.export.quantize import choose_int8, run_logits, session
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
 from eikd_edge.models.teacher import file_sha256
@@ -79,6 +79,7 @@ class _Context:
     _calib: np.ndarray | None = None
     _evaluation: np.ndarray | None = None
     _spare: np.ndarray | tuple[()] | None = None  # () once decoded and found empty
+    _fp32_reference: np.ndarray | None = None
     gated: list[Outcome] = field(default_factory=list)  # on-device artifacts refused before any script was written
 
     @property
@@ -95,6 +96,14 @@ class _Context:
                 images = run_field_images(self.run, spec, "calibration", limit)
             self._calib = normalize(images.images, spec).numpy()
         return self._calib
+
+    def fp32_reference(self) -> np.ndarray:
+        """student.onnx's logits on the graded images in ONNX Runtime: what every INT8 model is graded against
+        (computed once for ORT's INT8 and TensorRT's Q/DQ model)."""
+        if self._fp32_reference is None:
+            fp32 = get_format("onnx").path(self.run.root)
+            self._fp32_reference = run_logits(session(fp32, self.request.threads), self.evaluation())
+        return self._fp32_reference
 
     def evaluation(self) -> np.ndarray:
         """The graded parity images, normalised once for every INT8 path that grades itself on them."""
@@ -248,6 +257,7 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
         budget_s=ctx.request.latency_budget_s,
         qad=ctx.request.qad,
         qad_images=lambda: _qad_images(ctx),
+        reference=ctx.fp32_reference(),
     )
     entry = _entry(ctx, "onnx-int8", path, result.build_s, _opset(path), _onnx_logits(ctx, path, "onnx-int8"))
     entry.update(quantization=result.record(), source="student.onnx", recommended=result.faster_than_fp32)
@@ -363,6 +373,7 @@ def _tensorrt_qdq(ctx: _Context) -> TensorRTQDQ:
         ctx.request.threads,
         qad=ctx.request.qad,
         qad_images=lambda: _qad_images(ctx),
+        reference=ctx.fp32_reference(),
     )
 
 

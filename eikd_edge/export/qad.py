@@ -191,6 +191,30 @@ def tuned_and_requantized(
     return quantize_one(run.path, work / f"qad-{tag}.onnx", setting, calib, None), run
 
 
+def tuned_and_graded(
+    fp32: Path,
+    qdq: Path,
+    setting: QuantSetting,
+    calib: np.ndarray,
+    images: np.ndarray | None,
+    evaluation: np.ndarray,
+    reference: np.ndarray,
+    work: Path,
+    steps: int | None,
+    threads: int,
+) -> tuple[Path | None, np.ndarray | None, dict[str, Any]]:
+    """`tuned_and_requantized`, then graded on `evaluation` against the FP32 `reference` logits: (INT8 model, its
+    logits, what to record). Without images to tune on, or when the fine-tune cannot run: (None, None, the reason)."""
+    if images is None or len(images) == 0:
+        return None, None, {"skipped": "no field images left that the gate does not grade"}
+    try:
+        path, run = tuned_and_requantized(fp32, qdq, setting, calib, images, work, steps, threads)
+    except EikdError as exc:
+        return None, None, {"skipped": str(exc)}
+    logits = run_logits(ort_session(path, threads), evaluation)
+    return path, logits, {**run.record(), "agree_fp32": agreement(logits, reference)}
+
+
 @dataclass(frozen=True)
 class TunedCandidate:
     candidate: Candidate | None  # None when QAD could not run (its record says why)
@@ -220,17 +244,14 @@ def qad_candidate(
     base = max(eligible, key=lambda i: (results[i].agree_fp32, -results[i].latency_ms_batch))
     setting = results[base].setting
     record: dict[str, Any] = {"base": setting.label, "base_agree_fp32": results[base].agree_fp32}
-    if images is None or len(images) == 0:
-        record["skipped"] = "no field images left that the gate does not grade"
+    path, logits, graded = tuned_and_graded(
+        fp32, paths[base], setting, calib, images, evaluation, reference, work, steps, threads
+    )
+    record.update(graded)
+    if path is None or logits is None:
         return TunedCandidate(None, None, record)
-    try:
-        path, run = tuned_and_requantized(fp32, paths[base], setting, calib, images, work, steps, threads)
-    except EikdError as exc:
-        record["skipped"] = str(exc)
-        return TunedCandidate(None, None, record)
+    agree = graded["agree_fp32"]
     tuned = ort_session(path, threads)
-    logits = run_logits(tuned, evaluation)
-    agree = agreement(logits, reference)
     fp32_session, x1, xb, budget_s = timing
     b1 = interleaved_latency([fp32_session, tuned], x1, budget_s / 4)[1]
     bn = interleaved_latency([fp32_session, tuned], xb, budget_s / 4)[1]
@@ -238,7 +259,6 @@ def qad_candidate(
     candidate = Candidate(
         setting, b1, bn, len(xb), agree, dlogit, agree >= gate, method="qad", n_images=len(evaluation)
     )
-    record.update(run.record(), agree_fp32=agree)
     return TunedCandidate(candidate, path, record)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from eikd_edge.atomic import write_atomic
-from eikd_edge.errors import EikdError
 from eikd_edge.export.agreement import wilson_interval
 from eikd_edge.export.quantize import (
     QuantSetting,
@@ -53,6 +52,7 @@ def quantize_for_tensorrt(
     qad: str = "auto",
     qad_images: Callable[[], np.ndarray | None] | None = None,
     qad_steps: int | None = None,
+    reference: np.ndarray | None = None,
 ) -> TensorRTQDQ:
     """The symmetric S8 Q/DQ model that TensorRT builds an INT8 engine from (explicit quantization, no calibrator).
     With `evaluation` images, each of TRT_CALIBRATIONS is graded against FP32 and, as for ONNX Runtime's INT8
@@ -61,13 +61,16 @@ def quantize_for_tensorrt(
     sensitive nodes are kept in FP32."""
     with tempfile.TemporaryDirectory(prefix=".int8-trt-", dir=out.parent) as tmp:
         work = Path(tmp)
-        settings = [replace(TRT_SETTING, calibration=method) for method in TRT_CALIBRATIONS]
+        graded_here = evaluation is not None and len(evaluation) > 0
+        methods = TRT_CALIBRATIONS if graded_here else TRT_CALIBRATIONS[:1]  # ungraded: nothing to choose between
+        settings = [replace(TRT_SETTING, calibration=method) for method in methods]
         paths = [quantize_one(fp32, work / f"trt-{s.calibration}.onnx", s, calib, work) for s in settings]
         built, excluded, ranking, qad_record = paths[0], (), [], None
         graded: list[_TensorRTCandidate] = []
-        if evaluation is not None and len(evaluation):
+        if evaluation is not None and graded_here:
             n = len(evaluation)
-            reference = run_logits(session(fp32, threads), evaluation)
+            if reference is None:  # the FP32 model's logits on `evaluation`, when the caller has not computed them
+                reference = run_logits(session(fp32, threads), evaluation)
             graded = [
                 _TensorRTCandidate(s, "ptq", agreement(run_logits(session(p, threads), evaluation), reference), n, p)
                 for s, p in zip(settings, paths, strict=True)
@@ -143,16 +146,14 @@ def _tensorrt_qad(
     steps: int | None,
 ) -> tuple[_TensorRTCandidate | None, dict[str, Any]]:
     """`base` fine-tuned through its own quantization and graded (None when it could not run), and its record."""
-    from eikd_edge.export.qad import tuned_and_requantized
+    from eikd_edge.export.qad import tuned_and_graded
 
     record: dict[str, Any] = {"base": base.setting.label, "base_agree_fp32": base.agree}
     images = qad_images() if qad_images else None
-    if images is None or len(images) == 0:
-        return None, {**record, "skipped": "no field images left that the gate does not grade"}
-    try:
-        path, run = tuned_and_requantized(fp32, base.path, base.setting, calib, images, work, steps, threads)
-    except EikdError as exc:
-        return None, {**record, "skipped": str(exc)}
-    agree = agreement(run_logits(session(path, threads), evaluation), reference)
-    tuned = _TensorRTCandidate(base.setting, "qad", agree, len(evaluation), path)
-    return tuned, {**record, **run.record(), "agree_fp32": agree}
+    path, _, graded = tuned_and_graded(
+        fp32, base.path, base.setting, calib, images, evaluation, reference, work, steps, threads
+    )
+    if path is None:
+        return None, {**record, **graded}
+    tuned = _TensorRTCandidate(base.setting, "qad", graded["agree_fp32"], len(evaluation), path)
+    return tuned, {**record, **graded}

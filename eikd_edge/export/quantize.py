@@ -321,6 +321,7 @@ def choose_int8(
     qad: str = "auto",
     qad_images: Callable[[], np.ndarray | None] | None = None,
     qad_steps: int | None = None,
+    reference: np.ndarray | None = None,
 ) -> QuantResult:
     """Quantize every candidate, measure latency and agreement with FP32, write the winner to `out` atomically.
     When `qad_trigger` says so (or `qad` is "always"), fine-tune through the quantization on `qad_images()` (never
@@ -331,7 +332,8 @@ def choose_int8(
     start = time.perf_counter()
     if qad not in QAD_MODES:
         raise EikdError(f"--qad must be one of {', '.join(QAD_MODES)}, got {qad!r}")
-    reference = run_logits(session(fp32, threads), evaluation)
+    if reference is None:  # the FP32 model's logits on `evaluation`, when the caller has not computed them
+        reference = run_logits(session(fp32, threads), evaluation)
     n = len(evaluation)
     x1, xb = evaluation[:1], _batch_of(evaluation, batch)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as tmp:
