@@ -15,7 +15,7 @@ import torch
 from rich.markup import escape
 from torch import nn
 
-from eikd_edge import __version__
+from eikd_edge import __version__, image_store
 from eikd_edge.agreement import agreement_slice, constant_guess_rate
 from eikd_edge.atomic import write_json_atomic, write_yaml_atomic
 from eikd_edge.checkpoint import student_weights_record
@@ -23,10 +23,8 @@ from eikd_edge.config import Recipe
 from eikd_edge.console import err_console
 from eikd_edge.data import (
     BadImage,
-    DecodeReport,
     confined,
     decode_image,
-    iter_decoded,
     load_labeled_folder,
 )
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
@@ -335,19 +333,27 @@ def _warn_if_large(arch: str, student_params: int, teacher_params: int) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
-def _decode_subset(
-    pool: PoolScores, indices: np.ndarray, spec: InputSpec, workers: int | None = None
+def _stored_subset(
+    run: RunPaths,
+    name: str,
+    pool: PoolScores,
+    indices: np.ndarray,
+    spec: InputSpec,
+    ctx: DistContext,
+    workers: int | None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Decode the chosen pool images once to uint8 at training resolution (files that vanished are dropped)."""
+    """The chosen pool images at training resolution, decoded once into the run's memory-mapped file (files that
+    vanished are dropped); rank 0 decodes, the other ranks map the same file."""
     paths = [confined(pool.root, pool.paths[i]) for i in indices]
-    report = DecodeReport()
-    images, kept = [], []
-    for batch in iter_decoded(paths, spec, 512, report, workers=workers):
-        images.append(batch.images)
-        kept.extend(batch.indices)
-    if not kept:
-        return torch.empty(0, 3, *spec.input_size, dtype=torch.uint8), np.zeros(0, dtype=np.int64)
-    return torch.cat(images), indices[np.asarray(kept)]
+    if ctx.is_main:
+        stored = image_store.load_or_decode(run.cache, name, paths, spec, workers)
+    barrier(ctx)
+    if not ctx.is_main:
+        found = image_store.open_stored(run.cache, name, image_store.images_key(paths, spec), spec, len(paths))
+        if found is None:
+            raise EikdError(f"rank {ctx.rank} cannot read the decoded {name} images rank 0 wrote in {run.cache}")
+        stored = found
+    return stored.images, indices[stored.kept]
 
 
 def distill(
@@ -400,9 +406,11 @@ def _distill(
         write_resolved(run, inputs, recipe, checked)
     spec = teacher.spec
     pool = selection.pool
-    train_images, train_idx = _decode_subset(pool, selection.train_indices, spec, inputs.threads)
-    hold_images, hold_idx = _decode_subset(pool, selection.holdout_indices, spec, inputs.threads)
-    agree_images, agree_idx = _decode_subset(pool, selection.agreement_indices, spec, inputs.threads)
+    train_images, train_idx = _stored_subset(run, "train", pool, selection.train_indices, spec, ctx, inputs.threads)
+    hold_images, hold_idx = _stored_subset(run, "holdout", pool, selection.holdout_indices, spec, ctx, inputs.threads)
+    agree_images, agree_idx = _stored_subset(
+        run, "agreement", pool, selection.agreement_indices, spec, ctx, inputs.threads
+    )
     if len(train_idx) < 2:
         raise EikdError("fewer than 2 usable training images after selection; add field images or raise keep_fraction")
     val = load_labeled_folder(inputs.val, spec) if inputs.val else None
@@ -421,6 +429,7 @@ def _distill(
         write_json_atomic(run.metrics, metrics)
         if not keep_state:  # the run is complete: nothing is left to resume
             run.train_state.unlink(missing_ok=True)
+            image_store.remove_sets(run.cache)
         _warn_if_large(recipe.student.arch, metrics["student"]["params"], metrics["teacher"]["params"])
     barrier(ctx)
     return DistillResult(run, metrics, selection, ctx.is_main)

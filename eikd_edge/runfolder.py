@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from eikd_edge import image_store
 from eikd_edge.atomic import sweep_temps
 from eikd_edge.errors import EikdError
 from eikd_edge.export.formats import (
@@ -49,7 +50,7 @@ ROOT_FILES = frozenset(
         "report.html",
     }
 )
-CACHE_FILES = frozenset({"teacher_outputs.pt", "synthetic_outputs.pt"})
+CACHE_FILES = frozenset({"teacher_outputs.pt", "synthetic_outputs.pt"}) | image_store.store_names()
 EXPORT_FILES = frozenset(
     {f.file for f in FORMATS if f.exported}
     | {build_record_path(Path(f.file)).name for f in FORMATS if f.backend == "tensorrt"}

@@ -43,6 +43,23 @@ from eikd_edge.training import (
 )
 
 
+def stays_on_host(images: torch.Tensor, device: torch.device) -> bool:
+    """A set larger than a quarter of the accelerator's free memory is read from the host (its memory-mapped
+    file) batch by batch; a smaller one is copied to the device once, where gathering a batch costs nothing."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() > free // 4
+
+
+def gather_batch(images: torch.Tensor, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One batch on the device: gathered where the images live; from the host through pinned memory, so the
+    copy runs asynchronously with the work already queued on the device."""
+    if images.device.type == device.type:
+        return images[ids.to(images.device)]
+    return images[ids.cpu()].pin_memory().to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, spec: InputSpec, device: torch.device, batch_size: int = 512
@@ -152,7 +169,7 @@ class Trainer:
     ) -> None:
         cfg = self.recipe.train
         device = self.device
-        images = train_images.to(device)
+        images = train_images if stays_on_host(train_images, device) else train_images.to(device)
         self._train_images = images  # every rank holds the same set: BatchNorm re-estimation agrees across ranks
         t_logits = pool.logits[torch.as_tensor(train_idx)].to(device)
         t_embed = pool.embeddings[torch.as_tensor(train_idx)].to(device)
@@ -223,7 +240,7 @@ class Trainer:
         per_rank = batch // self.ctx.world_size
         for i in range(steps_now):
             ids = order[i * batch : (i + 1) * batch][self.ctx.rank :: self.ctx.world_size][:per_rank]
-            parts = self.train_step(images[ids], t_logits[ids], t_embed[ids], generator)
+            parts = self.train_step(gather_batch(images, ids, self.device), t_logits[ids], t_embed[ids], generator)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.update(task, advance=1, rate=f"loss {parts['total']:.3f}")

@@ -170,10 +170,11 @@ def recalibrate_batchnorm(
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative moving average: every batch counts equally
+    device = next(model.parameters()).device  # the images may stay on the host (a memory-mapped set)
     picks = torch.linspace(0, len(images) - 1, min(count, len(images)), device=images.device).round().long()
     subset = images[picks]  # spread over the whole (path-ordered) set, not its first folder
     for start in range(0, len(subset), batch_size):
-        model(normalize(subset[start : start + batch_size].float(), spec))
+        model(normalize(subset[start : start + batch_size].to(device).float(), spec))
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
     model.train(was_training)

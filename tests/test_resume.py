@@ -47,6 +47,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, script_teache
     reference = tmp_path / "reference"
     done = subprocess.run(_command(script_teacher, digit_images, reference), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-1500:]
+    assert not list((reference / "cache").glob("images-*")), "a finished run keeps no decoded images"
     killed = tmp_path / "killed"
     process = _start_and_wait_for_checkpoint(_command(script_teacher, digit_images, killed), killed / "train_state.pt")
     process.send_signal(signal.SIGKILL)
@@ -54,11 +55,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, script_teache
     interrupted_epochs = torch.load(killed / "train_state.pt", weights_only=True)["epoch"] + 1
     assert interrupted_epochs < EPOCHS, "the run finished before it could be killed"
     assert not (killed / "metrics.json").exists()
+    decoded = (killed / "cache" / "images-train.u8").stat()
     assert not list(killed.glob(".*.tmp")) or all(p.stat().st_size >= 0 for p in killed.glob(".*.tmp"))
     resumed = subprocess.run(
-        _command(script_teacher, digit_images, killed, "--resume"), env=_env(), capture_output=True, text=True
+        _command(script_teacher, digit_images, killed, "--resume", "--keep-state"),
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     assert resumed.returncode == 0, resumed.stderr[-1500:]
+    reused = (killed / "cache" / "images-train.u8").stat()
+    assert (reused.st_ino, reused.st_mtime_ns) == (decoded.st_ino, decoded.st_mtime_ns), "resume decoded again"
     expected = json.loads((reference / "metrics.json").read_text())
     actual = json.loads((killed / "metrics.json").read_text())
     assert len(actual["history"]) == EPOCHS
