@@ -87,7 +87,7 @@ class NovelReport:
         return {
             "count": len(self.candidates),
             "pool_size": self.pool_size,
-            "rule": "density + distance from the pool's bulk (robust z, positive parts)",
+            "rule": "density + distance from the pool's bulk",
             "score_threshold": round(float(self.threshold), 4),
             "clusters": [
                 {

@@ -141,7 +141,7 @@ def test_missing_thumbnails_are_skipped(run: Path, tmp_path: Path) -> None:
 NOVEL = {  # the shape of eikd_edge.novel.NovelReport.to_json(), as `select` writes it into selection.json
     "count": 5,
     "pool_size": 48,
-    "rule": "density + distance from the pool's bulk (robust z, positive parts)",
+    "rule": "density + distance from the pool's bulk",
     "score_threshold": 2.0,
     "clusters": [
         {
