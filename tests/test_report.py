@@ -141,8 +141,8 @@ def test_missing_thumbnails_are_skipped(run: Path, tmp_path: Path) -> None:
 NOVEL = {  # the shape of eikd_edge.novel.NovelReport.to_json(), as `select` writes it into selection.json
     "count": 5,
     "pool_size": 48,
-    "max_confidence": 0.5,
-    "cosine_threshold": 0.9091,
+    "rule": "density + distance from the pool's bulk",
+    "score_threshold": 2.0,
     "clusters": [
         {
             "id": 0,
@@ -181,7 +181,7 @@ def test_novel_section_appears_only_with_a_novel_entry(tmp_path_factory: pytest.
     markdown, html = (root / "report.md").read_text(), (root / "report.html").read_text()
     assert "novel: 5 of 48 field images" in output
     assert markdown.index("## Selection") < markdown.index("## Novel field samples") < markdown.index("## Training")
-    assert "5 of 48 field images (10.4%) the teacher cannot place" in markdown and "below 0.909" in markdown
+    assert "5 of 48 field images (10.4%) unlike the bulk of the pool" in markdown and "above 2.00" in markdown
     assert "| 0 | 3 | 7 | 0.812 | 0.31 |" in markdown and "| 1 | 2 | 4 | 0.700 | 0.42 |" in markdown
     assert "- cluster 0 (nearest 7): `1500.png`, `1501.png`, `gone.png`" in markdown
     novel_block = markdown[markdown.index("## Novel field samples") : markdown.index("## Training")]

@@ -63,8 +63,8 @@ def print_novel_summary(novel: dict[str, Any], root: Path) -> None:
     """The clusters of field images the teacher cannot place: what the field holds that it has never seen."""
     count, size = novel["count"], novel["pool_size"]
     console.print(
-        f"novel: {count} of {size} field images ({100 * count / max(size, 1):.1f}%) have teacher confidence < "
-        f"{novel['max_confidence']:.2f} and cosine < {novel['cosine_threshold']:.3f} to every class prototype"
+        f"novel: {count} of {size} field images ({100 * count / max(size, 1):.1f}%) are unlike the bulk of the "
+        f"pool: novelty score ({novel['rule']}) above {novel['score_threshold']:.2f}"
     )
     if not novel["clusters"]:
         return

@@ -87,8 +87,8 @@ class NovelSection(_Strict):
 
     count: int
     pool_size: int
-    max_confidence: float
-    cosine_threshold: float
+    rule: str
+    score_threshold: float
     clusters: list[NovelCluster]
 
 

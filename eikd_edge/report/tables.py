@@ -328,9 +328,9 @@ def novel_summary(report: Report) -> str:
         return "No novel-sample search."
     share = f" ({nov.count / nov.pool_size:.1%})" if nov.pool_size else ""
     return (
-        f"{nov.count} of {nov.pool_size} field images{share} the teacher cannot place: confidence below "
-        f"{nov.max_confidence:.2f} and cosine to every class prototype below {nov.cosine_threshold:.3f}; "
-        f"{len(nov.clusters)} cluster(s) shown. They may be classes the teacher was never taught."
+        f"{nov.count} of {nov.pool_size} field images{share} unlike the bulk of the pool: novelty score "
+        f"({nov.rule}) above {nov.score_threshold:.2f}; {len(nov.clusters)} cluster(s) shown. They may be classes "
+        "the teacher was never taught."
     )
 
 
