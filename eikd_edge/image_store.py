@@ -1,10 +1,10 @@
-"""Decoded images on disk: one memory-mapped uint8 file per image set of a run, so host memory stays flat.
+"""Decoded images on disk: one raw uint8 file per image set of a run, read a batch at a time.
 
 At 224 px a decoded image is 150 KB: half of a 100k-image pool is 7.5 GB, more than a workstation should hold
 twice while concatenating. Each set (train, holdout, agreement) is decoded once, batch by batch, into
-`RUN/cache/images-<set>.u8` (raw N×3×H×W bytes) and read back as a copy-on-write memory map: a batch costs
-only its own pages, and the file is never written through the map. `images-<set>.json` says what the file
-holds (a key over the images' paths, sizes, mtimes and the decode policy; the positions that decoded); it is
+`RUN/cache/images-<set>.u8` (raw N×3×H×W bytes) and read back as `DiskImages`: a batch costs only its own
+rows, so host memory stays flat however large the pool. `images-<set>.json` says what the file holds (a key
+over the images' paths, sizes, mtimes and the decode policy; the positions that decoded); it is
 written after the data file, so a file without a matching record is never read. Both are written through
 `write_atomic`: a killed decode leaves only a temp file, swept by the next command, never a half file under
 the real name. `--resume` finds a matching file and skips decoding.
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from eikd_edge.atomic import write_atomic, write_json_atomic
 from eikd_edge.data import DecodeReport, iter_decoded
+from eikd_edge.disk_images import DiskImages
 from eikd_edge.models.spec import InputSpec
 
 STORE_FORMAT = 1
@@ -62,7 +62,7 @@ def images_key(paths: Sequence[Path], spec: InputSpec) -> str:
 
 @dataclass(frozen=True)
 class StoredImages:
-    images: torch.Tensor  # uint8 [N, 3, H, W], backed by the file's memory map
+    images: DiskImages  # uint8 [N, 3, H, W], read from the file a batch at a time
     kept: np.ndarray  # positions in the requested path list of the images that decoded, int64 [N]
     reused: bool
 
@@ -85,24 +85,15 @@ def load_or_decode(
 def decode_into(
     cache: Path, name: str, paths: Sequence[Path], spec: InputSpec, key: str, workers: int | None = None
 ) -> None:
-    """Decode batch by batch straight into the data file (sized for every path, cut to the images that decoded)."""
+    """Decode batch by batch straight into the data file (only the images that decoded, in order)."""
     shape = (3, *spec.input_size)
-    row = int(np.prod(shape))
     kept: list[int] = []
 
     def write(tmp: Path) -> None:
-        with open(tmp, "r+b") as handle:
-            handle.truncate(row * len(paths))
-        if paths:
-            target = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(len(paths), *shape))
+        with open(tmp, "wb") as handle:  # plain appends: the page cache holds them, not this process
             for batch in iter_decoded(paths, spec, DECODE_BATCH, DecodeReport(), workers=workers):
-                start = len(kept)
-                target[start : start + len(batch.indices)] = batch.images.numpy()
+                handle.write(batch.images.numpy().tobytes())
                 kept.extend(batch.indices)
-            target.flush()
-            del target
-        with open(tmp, "r+b") as handle:
-            handle.truncate(row * len(kept))
 
     cache.mkdir(parents=True, exist_ok=True)
     record_file(cache, name).unlink(missing_ok=True)  # the old record must never describe the new data
@@ -112,7 +103,7 @@ def decode_into(
 
 
 def open_stored(cache: Path, name: str, key: str, spec: InputSpec, requested: int) -> StoredImages | None:
-    """The set's file as a tensor when its record matches `key` and the file holds exactly what it says."""
+    """The set's file, read on demand, when its record matches `key` and the file holds exactly what it says."""
     record = _read_record(record_file(cache, name))
     shape = [3, *spec.input_size]
     if record is None or record.get("key") != key or record.get("shape") != shape:
@@ -125,10 +116,7 @@ def open_stored(cache: Path, name: str, key: str, spec: InputSpec, requested: in
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size != row * count:
             return None
-        if count == 0:
-            images = torch.empty(0, *shape, dtype=torch.uint8)
-        else:  # copy-on-write: writable for torch, but nothing ever reaches the file through the map
-            images = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(count, *shape)))
+        images = DiskImages(path, count, (3, *spec.input_size))
     except (OSError, ValueError):
         return None
     return StoredImages(images, np.asarray(kept, dtype=np.int64), reused=True)

@@ -20,6 +20,7 @@ from eikd_edge.amp import autocast_dtype, grad_scaler
 from eikd_edge.checkpoint import diverged_message, load_train_state, save_student, save_torch_atomic
 from eikd_edge.config import Recipe, parse_duration
 from eikd_edge.data import normalize
+from eikd_edge.disk_images import ImageRows
 from eikd_edge.distributed import DistContext, barrier, broadcast_object, parameter_checksums
 from eikd_edge.errors import EikdError, Interrupted
 from eikd_edge.models.spec import InputSpec
@@ -43,7 +44,7 @@ from eikd_edge.training import (
 )
 
 
-def stays_on_host(images: torch.Tensor, device: torch.device) -> bool:
+def stays_on_host(images: ImageRows, device: torch.device) -> bool:
     """A set larger than a quarter of the accelerator's free memory is read from the host (its memory-mapped
     file) batch by batch; a smaller one is copied to the device once, where gathering a batch costs nothing."""
     if device.type != "cuda":
@@ -52,7 +53,7 @@ def stays_on_host(images: torch.Tensor, device: torch.device) -> bool:
     return images.numel() * images.element_size() > free // 4
 
 
-def gather_batch(images: torch.Tensor, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+def gather_batch(images: ImageRows, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
     """One batch on the device: gathered where the images live; from the host through pinned memory, so the
     copy runs asynchronously with the work already queued on the device."""
     if images.device.type == device.type:
@@ -62,7 +63,7 @@ def gather_batch(images: torch.Tensor, ids: torch.Tensor, device: torch.device) 
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, spec: InputSpec, device: torch.device, batch_size: int = 512
+    model: nn.Module, images: ImageRows, spec: InputSpec, device: torch.device, batch_size: int = 512
 ) -> torch.Tensor:
     was_training = model.training
     model.eval()
@@ -85,9 +86,9 @@ class Checks:
     label-free criterion) and the selection's own held-out share (a diagnostic only: it flatters selective
     methods, whose held-out images are the ones the teacher is surest of)."""
 
-    hold_images: torch.Tensor
+    hold_images: ImageRows
     hold_idx: np.ndarray
-    agree_images: torch.Tensor
+    agree_images: ImageRows
     agree_idx: np.ndarray
 
 
@@ -161,7 +162,7 @@ class Trainer:
     def fit(
         self,
         pool: PoolScores,
-        train_images: torch.Tensor,
+        train_images: ImageRows,
         train_idx: np.ndarray,
         checks: Checks,
         val: tuple[torch.Tensor, torch.Tensor, list[str]] | None,
@@ -169,7 +170,7 @@ class Trainer:
     ) -> None:
         cfg = self.recipe.train
         device = self.device
-        images = train_images if stays_on_host(train_images, device) else train_images.to(device)
+        images = train_images if stays_on_host(train_images, device) else train_images[:].to(device)
         self._train_images = images  # every rank holds the same set: BatchNorm re-estimation agrees across ranks
         t_logits = pool.logits[torch.as_tensor(train_idx)].to(device)
         t_embed = pool.embeddings[torch.as_tensor(train_idx)].to(device)
@@ -222,7 +223,7 @@ class Trainer:
     def _run_epoch(
         self,
         epoch: int,
-        images: torch.Tensor,
+        images: ImageRows,
         t_logits: torch.Tensor,
         t_embed: torch.Tensor,
         batch: int,
@@ -285,7 +286,7 @@ class Trainer:
         self.step += 1
         return {"total": total, **terms.parts}
 
-    def _agreement(self, images: torch.Tensor, targets: torch.Tensor | None) -> float:
+    def _agreement(self, images: ImageRows, targets: torch.Tensor | None) -> float:
         if targets is None:
             return float("nan")
         return _top1(predict_logits(self.student, images, self.spec, self.device), targets)

@@ -11,6 +11,7 @@ from torch import nn
 
 from eikd_edge.config import AugmentConfig, Recipe, TrainConfig
 from eikd_edge.data import normalize
+from eikd_edge.disk_images import ImageRows
 from eikd_edge.losses import (
     NoiseAdaptation,
     class_drop_kd,
@@ -156,7 +157,7 @@ def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, images: torch.Tensor, spec: InputSpec, count: int, batch_size: int = 256
+    model: nn.Module, images: ImageRows, spec: InputSpec, count: int, batch_size: int = 256
 ) -> None:
     """Precise BatchNorm: re-estimate every BatchNorm's running statistics as the plain average over `count`
     training images in train mode, so eval-mode outputs match what the student learned. On short schedules (and
