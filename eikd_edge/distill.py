@@ -342,7 +342,7 @@ def _stored_subset(
     ctx: DistContext,
     workers: int | None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """The chosen pool images at training resolution, decoded once into the run's memory-mapped file (files that
+    """The chosen pool images at training resolution, decoded once into the run's image file (files that
     vanished are dropped); rank 0 decodes, the other ranks map the same file."""
     paths = [confined(pool.root, pool.paths[i]) for i in indices]
     if ctx.is_main:

@@ -45,8 +45,8 @@ from eikd_edge.training import (
 
 
 def stays_on_host(images: ImageRows, device: torch.device) -> bool:
-    """A set larger than a quarter of the accelerator's free memory is read from the host (its memory-mapped
-    file) batch by batch; a smaller one is copied to the device once, where gathering a batch costs nothing."""
+    """A set larger than a quarter of the accelerator's free memory is read from the host (its file in the run
+    folder) batch by batch; a smaller one is copied to the device once, where gathering a batch costs nothing."""
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)

@@ -171,7 +171,7 @@ def recalibrate_batchnorm(
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative moving average: every batch counts equally
-    device = next(model.parameters()).device  # the images may stay on the host (a memory-mapped set)
+    device = next(model.parameters()).device  # the images may stay on the host (a set read from its file)
     picks = torch.linspace(0, len(images) - 1, min(count, len(images)), device=images.device).round().long()
     subset = images[picks]  # spread over the whole (path-ordered) set, not its first folder
     for start in range(0, len(subset), batch_size):
