@@ -25,6 +25,7 @@ import numpy as np
 from eikd_edge.atomic import write_atomic, write_json_atomic
 from eikd_edge.data import DecodeReport, iter_decoded
 from eikd_edge.disk_images import DiskImages
+from eikd_edge.file_stats import hash_file_stats
 from eikd_edge.models.spec import InputSpec
 
 STORE_FORMAT = 1
@@ -50,13 +51,7 @@ def images_key(paths: Sequence[Path], spec: InputSpec) -> str:
     """Changes when any image file (path, size, mtime) or the decode policy changes: a stale file is never reused."""
     digest = hashlib.sha256()
     digest.update(json.dumps(spec.to_dict(), sort_keys=True).encode() + b"\n")
-    for path in paths:
-        try:
-            info = path.stat()
-            line = f"{path}|{info.st_size}|{info.st_mtime_ns}\n"
-        except OSError:
-            line = f"{path}|missing\n"
-        digest.update(line.encode("utf-8", "surrogateescape"))
+    hash_file_stats(digest, paths)
     return digest.hexdigest()
 
 

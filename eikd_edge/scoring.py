@@ -19,6 +19,7 @@ from eikd_edge.console import err_console
 from eikd_edge.data import DecodeReport, display_name, iter_decoded, normalize, scan_images
 from eikd_edge.distributed import DistContext, gather_objects, shard_range
 from eikd_edge.errors import EikdError
+from eikd_edge.file_stats import hash_file_stats
 from eikd_edge.models.bn_stats import BatchNormTaps, batchnorm_layers, per_sample_deviation
 from eikd_edge.models.teacher import TeacherModel
 
@@ -99,13 +100,7 @@ def folder_fingerprint(root: Path, paths: list[Path]) -> str:
     """
     digest = hashlib.sha256()
     digest.update(os.fsencode(Path(root).resolve()) + b"\n")
-    for path in paths:  # surrogateescape: file names that are not valid UTF-8 (Linux) hash as their raw bytes
-        try:
-            stat = path.stat()
-            line = f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n"
-        except OSError:
-            line = f"{path}|missing\n"
-        digest.update(line.encode("utf-8", "surrogateescape"))
+    hash_file_stats(digest, paths, lambda path: path.relative_to(root).as_posix())
     return digest.hexdigest()
 
 
