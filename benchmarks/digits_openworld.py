@@ -41,6 +41,7 @@ VARIANTS: dict[str, list[str]] = {
     "eikd, contrastive relation": ["loss.relation.kind=contrastive"],
     "odsd (sampling + contrastive relation)": ["selection.sampler=odsd", "loss.relation.kind=contrastive"],
     "eikd, self-paced curriculum": ["train.curriculum.mode=selfpaced"],
+    "kd, self-paced curriculum": ["method=kd", "train.curriculum.mode=selfpaced"],
     "scarce 10%: eikd": [],
     "scarce 10%: kd": ["method=kd"],
     "scarce 10% + synthetic: eikd": [],

@@ -2,13 +2,15 @@
 EIKD ablations, the teacher, and the plain-KD reference, over several seeds.
 
     python -m benchmarks.quality --task mnist-real [--seeds 0 1 2] [--methods eikd kd random dfnd]
-                                 [--steps N] [--ablations] [--plain-epochs 30] [--threads N]
+                                 [--steps N] [--ablations] [--neighbours] [--plain-epochs 30] [--threads N]
 
 * defaults: the recipe is the built-in defaults with only method, train.seed and train.device=cpu set:
   the defaults are the product.
 * equal steps (--steps N): the same plus train.steps=N, identical for every method.
 * ablations (--ablations): eikd without class-dropping / feature / relation / class balance, at --steps when
   given (components are compared at one budget), else at the defaults.
+* neighbouring methods (--neighbours): ODSD sampling, the contrastive relation, both, the self-paced curriculum
+  with kd and with eikd, in every mode run.
 * plain KD (benchmarks/plain_kd.py): (a) --plain-epochs over the whole pool, (b) the end-to-end wall time of
   the eikd-defaults run of the same seed.
 * "slice agreement": top-1 agreement with the teacher on ONE fixed 15% slice of the field pool, drawn once
@@ -48,6 +50,13 @@ from eikd_edge.distill import DistillInputs, distill
 
 METHODS = ("eikd", "kd", "random", "dfnd")
 ABLATIONS = ("eikd w/o class-dropping", "eikd w/o feature loss", "eikd w/o relation loss", "eikd w/o mixup")
+NEIGHBOURS = (
+    "odsd sampling",
+    "eikd, contrastive relation",
+    "odsd (sampling + contrastive relation)",
+    "kd, self-paced curriculum",
+    "eikd, self-paced curriculum",
+)
 
 
 def dig(metrics: dict[str, Any], dotted: str) -> Any:
@@ -58,9 +67,12 @@ def dig(metrics: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def plan(methods: list[str], ablations: bool, steps: int | None, defaults: bool) -> list[tuple[str, str, list[str]]]:
+def plan(
+    methods: list[str], ablations: bool, steps: int | None, defaults: bool, neighbours: bool = False
+) -> list[tuple[str, str, list[str]]]:
     """(row, mode, overrides) of every engine run for one seed; eikd at defaults first (plain KD (b) needs it).
-    Ablations compare components at one budget: the equal-step one when given, else the defaults."""
+    Ablations compare components at one budget: the equal-step one when given, else the defaults; the
+    neighbouring methods (ODSD sampling and relation, the self-paced curriculum) run in every mode."""
     rows = [(m, [f"method={m}"]) for m in methods]
     modes = [("defaults", [])] if defaults else []
     if steps is not None:
@@ -69,6 +81,8 @@ def plan(methods: list[str], ablations: bool, steps: int | None, defaults: bool)
     if ablations and modes:
         mode, extra = modes[-1]
         runs += [(name, mode, [*VARIANTS[name], *extra]) for name in ABLATIONS]
+    if neighbours:
+        runs += [(name, mode, [*VARIANTS[name], *extra]) for mode, extra in modes for name in NEIGHBOURS]
     return runs
 
 
@@ -122,6 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="equal optimizer-step budget rows (same for all)")
     parser.add_argument("--no-defaults", dest="defaults", action="store_false", help="skip the at-defaults rows")
     parser.add_argument("--ablations", action="store_true", help="add the EIKD ablations (at --steps, else defaults)")
+    parser.add_argument(
+        "--neighbours", action="store_true", help="add ODSD sampling/relation and the self-paced curriculum rows"
+    )
     parser.add_argument("--plain-epochs", type=int, default=30, help="plain-KD reference (a): epochs (0 = skip)")
     parser.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain-KD reference")
     parser.add_argument("--slice", type=float, default=0.15, help="share of the pool held out for slice agreement")
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for seed in args.seeds:
         eikd_total = None
-        for row, mode, overrides in plan(args.methods, args.ablations, args.steps, args.defaults):
+        for row, mode, overrides in plan(args.methods, args.ablations, args.steps, args.defaults, args.neighbours):
             result = run_engine(task, field, overrides, seed, work / "runs" / f"{row}-{mode}-{seed}", cut)
             if args.workdir is None:  # run folders are not kept: the numbers are in the JSON
                 shutil.rmtree(work / "runs", ignore_errors=True)

@@ -92,6 +92,15 @@ def test_defaults_rows_set_nothing_but_the_method() -> None:
     assert len(ablations) == 4 and {mode for _, mode in ablations} == {"60 steps"}
 
 
+def test_neighbouring_rows_set_their_mode_on_top_of_each_budget() -> None:
+    runs = plan(["eikd"], ablations=False, steps=60, defaults=True, neighbours=True)
+    rows = {(row, mode): overrides for row, mode, overrides in runs}
+    assert rows[("odsd sampling", "defaults")] == ["selection.sampler=odsd"]
+    assert rows[("kd, self-paced curriculum", "60 steps")] == ["method=kd", "train.curriculum.mode=selfpaced",
+                                                                "train.steps=60"]  # fmt: skip
+    assert len([r for r in rows if r[0] != "eikd"]) == 10
+
+
 def test_agreement_slice_is_fixed_and_never_trained_on(task: Task, tmp_path: Path) -> None:
     if task.name != "natural-photos":
         pytest.skip("one task is enough")
