@@ -68,7 +68,12 @@ def dig(metrics: dict[str, Any], dotted: str) -> Any:
 
 
 def plan(
-    methods: list[str], ablations: bool, steps: int | None, defaults: bool, neighbours: bool = False
+    methods: list[str],
+    ablations: bool,
+    steps: int | None,
+    defaults: bool,
+    neighbours: bool = False,
+    variants: tuple[str, ...] = (),
 ) -> list[tuple[str, str, list[str]]]:
     """(row, mode, overrides) of every engine run for one seed; eikd at defaults first (plain KD (b) needs it).
     Ablations compare components at one budget: the equal-step one when given, else the defaults; the
@@ -83,6 +88,7 @@ def plan(
         runs += [(name, mode, [*VARIANTS[name], *extra]) for name in ABLATIONS]
     if neighbours:
         runs += [(name, mode, [*VARIANTS[name], *extra]) for mode, extra in modes for name in NEIGHBOURS]
+    runs += [(name, mode, [*VARIANTS[name], *extra]) for mode, extra in modes for name in variants]
     return runs
 
 
@@ -136,6 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="equal optimizer-step budget rows (same for all)")
     parser.add_argument("--no-defaults", dest="defaults", action="store_false", help="skip the at-defaults rows")
     parser.add_argument("--ablations", action="store_true", help="add the EIKD ablations (at --steps, else defaults)")
+    parser.add_argument("--variants", nargs="+", default=[], choices=sorted(VARIANTS), help="named rows to add")
     parser.add_argument(
         "--neighbours", action="store_true", help="add ODSD sampling/relation and the self-paced curriculum rows"
     )
@@ -179,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
 
     for seed in args.seeds:
         eikd_total = None
-        for row, mode, overrides in plan(args.methods, args.ablations, args.steps, args.defaults, args.neighbours):
+        for row, mode, overrides in plan(
+            args.methods, args.ablations, args.steps, args.defaults, args.neighbours, tuple(args.variants)
+        ):
             result = run_engine(task, field, overrides, seed, work / "runs" / f"{row}-{mode}-{seed}", cut)
             if args.workdir is None:  # run folders are not kept: the numbers are in the JSON
                 shutil.rmtree(work / "runs", ignore_errors=True)
