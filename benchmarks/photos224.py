@@ -183,11 +183,12 @@ def table_line(runs: list[dict[str, Any]], teacher_top1: float) -> str:
         else f"{last['fp32_ms']:.2f} / {last['int8_ms']:.2f} ({last['latency_batch']})"
     )
     gap = f"{(top1 - teacher_top1) * 100:+.1f} pts"
+    export_rss = "—" if not last.get("export") else f"{last['export']['peak_rss_mb']:.0f} MB"
     cells = [last["student"], last["init"], f"{top1:.1%}{sd}", gap, f"{agree:.1%}",
              f"{fmt(last.get('last_top1'))} / {fmt(last.get('last_agreement'))}",
              fmt(last.get("train_images_per_s"), ".1f"), fmt(last.get("train_s"), ".0f"),
              fmt(last["distill"]["wall_s"], ".0f"), f"{last['distill']['peak_rss_mb']:.0f} MB",
-             fmt(dig(last, "export.wall_s"), ".0f"), f"{fmt(dig(last, 'export.peak_rss_mb'), '.0f')} MB", gate,
+             fmt(dig(last, "export.wall_s"), ".0f"), export_rss, gate,
              str(last.get("int8_recommended", "—")), ms]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
