@@ -132,15 +132,21 @@ def crop_flip(pad: int, flip: bool) -> Augment:
 
 
 def train_teacher(
-    pixels: torch.Tensor, labels: torch.Tensor, spec: InputSpec, epochs: int, seed: int, augment: Augment
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    spec: InputSpec,
+    epochs: int,
+    seed: int,
+    augment: Augment,
+    arch: str = TEACHER_ARCH,
 ) -> torch.nn.Module:
-    """cifar_resnet20 by SGD + warm-up/cosine, single-threaded so the weights are the same on any CPU.
-    epochs=0 returns the untrained network (structure tests)."""
+    """`arch` (cifar_resnet20 unless named) by SGD + warm-up/cosine, single-threaded so the weights are the same
+    on any CPU. epochs=0 returns the untrained network (structure tests)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        model = build_model(TEACHER_ARCH, len(spec.classes))
+        model = build_model(arch, len(spec.classes))
         if epochs > 0:
             _fit(model, pixels.float(), labels, spec, epochs, seed, augment)
         return model.eval()
