@@ -15,6 +15,7 @@ from eikd_edge.agreement import agreement_slice, ci95, slice_size
 from eikd_edge.cli import app
 from eikd_edge.config import load_recipe
 from eikd_edge.distill import DistillInputs, run_selection
+from eikd_edge.trainer import pick_and_report_halves, pick_score
 
 runner = CliRunner()
 FAST = ["train.epochs=2", "train.batch_size=16", "student.width=0.5", "selection.batch_size=64", "train.device=cpu"]
@@ -69,12 +70,13 @@ def test_distill_reports_agreement_on_the_fixed_slice_and_both_epochs(
     result = runner.invoke(app, args + sets, terminal_width=200)
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())  # the summary wraps at the console's width
-    assert "agreement with teacher (fixed slice)" in text and "on 30 field images no method trains on" in text
+    assert "agreement with teacher (fixed slice)" in text and "on 15 of the 30 field images no method trains on" in text
+    assert "the other 15 picked the epoch" in text
     assert "diagnostic only" in text and "train.keep=best" in text
     assert text.endswith(f"next: eikd-edge export {out} --onnx --int8 then: eikd-edge validate {out}")
     metrics = json.loads((out / "metrics.json").read_text())
     agreement = metrics["agreement"]
-    assert agreement["on"] == "fixed field slice" and agreement["size"] == 30
+    assert agreement["on"] == "fixed field slice" and agreement["size"] == 15 and agreement["slice_size"] == 30
     assert 0.0 <= agreement["top1"] <= 1.0 and agreement["ci95"] > 0
     assert agreement["selection_holdout"]["size"] > 0
     assert metrics["seed"] == 3 and metrics["train"]["seed"] == 3
@@ -82,9 +84,11 @@ def test_distill_reports_agreement_on_the_fixed_slice_and_both_epochs(
     assert epochs["keep"] == "best" and epochs["picked_by"] == "fixed field slice"
     assert epochs["last"]["epoch"] == 2 and epochs["picked"]["epoch"] in (1, 2)
     assert all(isinstance(epochs[k]["val_top1"], float) for k in ("picked", "last"))
-    picked = max(metrics["history"], key=lambda h: (h["agreement"], h["epoch"]))
-    assert epochs["picked"]["epoch"] == picked["epoch"]  # the pick follows the fixed slice, not the holdout
-    assert agreement["top1"] == pytest.approx(picked["agreement"])
+    picked = max(metrics["history"], key=lambda h: (h["agreement_pick"], h["epoch"]))
+    assert epochs["picked"]["epoch"] == picked["epoch"]  # the pick follows one half of the fixed slice ...
+    assert agreement["top1"] == pytest.approx(picked["agreement_report"])  # ... the figure comes from the other
+    for h in metrics["history"]:  # the halves are the slice's two halves: together they make the whole figure
+        assert h["agreement"] == pytest.approx((h["agreement_pick"] + h["agreement_report"]) / 2)
 
 
 def test_keep_last_ships_the_last_epoch(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
@@ -96,7 +100,23 @@ def test_keep_last_ships_the_last_epoch(tmp_path: Path, script_teacher: Path, di
     assert "kept the last epoch" in " ".join(result.stdout.split())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["student"]["kept_epoch"] == 2 and metrics["epochs"]["keep"] == "last"
+    last = metrics["history"][-1]  # nothing was picked: the whole slice reports
+    assert metrics["agreement"]["size"] == metrics["agreement"]["slice_size"]
+    assert metrics["agreement"]["top1"] == pytest.approx(last["agreement"])
     assert torch.load(out / "student.pt", weights_only=True)["kept_epoch"] == 2
+
+
+def test_the_slice_splits_into_a_picking_and_a_reporting_half() -> None:
+    pick, report = pick_and_report_halves(7)
+    assert pick.tolist() == [0, 2, 4, 6] and report.tolist() == [1, 3, 5]
+    assert [t.tolist() for t in pick_and_report_halves(1)] == [[0], [0]]
+
+
+def test_the_pick_looks_only_at_its_own_half() -> None:
+    record = {"agreement": 0.9, "agreement_pick": 0.5, "agreement_report": 1.0, "holdout_agreement": 0.7}
+    assert pick_score(record, on_slice=True, epoch=3) == 0.5
+    assert pick_score(record, on_slice=False, epoch=3) == 0.7
+    assert pick_score({**record, "agreement_pick": float("nan")}, on_slice=True, epoch=3) == 3.0
 
 
 def test_constant_guess_and_near_chance() -> None:

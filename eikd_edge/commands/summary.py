@@ -119,11 +119,7 @@ def print_distill_summary(result: DistillResult) -> None:
         console.print(f"[yellow]classes below quota:[/] {_names(sel['classes_below_quota'])}")
     holdout = m["agreement"].get("selection_holdout") or {}
     if m["agreement"]["size"]:
-        console.print(
-            f"agreement: on {m['agreement']['size']} field images no method trains on (the same for every method "
-            "and seed; ± is the 95% interval)",
-            highlight=False,
-        )
+        console.print(f"agreement: {_agreement_source(m['agreement'])}", highlight=False)
     if holdout.get("size"):
         console.print(
             f"diagnostic only: {_pct(holdout.get('top1'))} agreement on the selection's own {holdout['size']} "
@@ -137,6 +133,18 @@ def print_distill_summary(result: DistillResult) -> None:
         )
     _warn_if_near_chance(m["agreement"])
     console.print(escape(f"wrote {result.run.student}, {result.run.metrics.name}, {result.run.selection.name}"))
+
+
+def _agreement_source(agreement: dict[str, Any]) -> str:
+    """Which images the agreement was measured on: when half the slice picked the epoch, the other half."""
+    size, whole = agreement["size"], agreement.get("slice_size", agreement["size"])
+    same = "the same for every method and seed; ± is the 95% interval"
+    if whole > size:
+        return (
+            f"on {size} of the {whole} field images no method trains on ({same}); the other {whole - size} "
+            "picked the epoch, so the figure is not flattered by the pick"
+        )
+    return f"on {size} field images no method trains on ({same})"
 
 
 def _warn_if_near_chance(agreement: dict[str, Any]) -> None:
