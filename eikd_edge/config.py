@@ -147,7 +147,7 @@ class TrainConfig(_Strict):
         "online", description="online: teacher run on the student's augmented view; cached: the selection pass's"
     )
     mix: Literal["none", "mixup", "cutmix"] = Field(
-        "mixup", description="function matching: mix pairs of field images, the teacher labels the mixed image"
+        "none", description="function matching: mix pairs of field images, the teacher labels the mixed image"
     )
     mix_alpha: float = Field(1.0, gt=0, description="Beta(α, α) for the mixing ratio")
     precise_bn: int = Field(

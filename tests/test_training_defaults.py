@@ -35,7 +35,7 @@ runner = CliRunner()
 
 def test_defaults_run_the_teacher_on_the_students_view_and_keep_two_classes() -> None:
     recipe = Recipe()
-    assert recipe.train.teacher_targets == "online" and recipe.train.mix == "mixup"
+    assert recipe.train.teacher_targets == "online" and recipe.train.mix == "none"
     assert recipe.loss.class_drop.min_classes == 2 and recipe.train.epochs is None
 
 
