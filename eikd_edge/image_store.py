@@ -26,25 +26,12 @@ from eikd_edge.atomic import write_atomic, write_json_atomic
 from eikd_edge.data import DecodeReport, iter_decoded
 from eikd_edge.disk_images import DiskImages
 from eikd_edge.file_stats import hash_file_stats
+from eikd_edge.image_files import SETS, data_file, record_file
 from eikd_edge.models.spec import InputSpec
 
 STORE_FORMAT = 1
-SETS = ("train", "holdout", "agreement")
 MAX_RECORD_BYTES = 64 << 20  # positions of a few million images; anything larger is not ours
 DECODE_BATCH = 256
-
-
-def data_file(cache: Path, name: str) -> Path:
-    return cache / f"images-{name}.u8"
-
-
-def record_file(cache: Path, name: str) -> Path:
-    return cache / f"images-{name}.json"
-
-
-def store_names() -> frozenset[str]:
-    """File names of every image set, for the run folder's list of the tool's own files."""
-    return frozenset(f"images-{name}{suffix}" for name in SETS for suffix in (".u8", ".json"))
 
 
 def images_key(paths: Sequence[Path], spec: InputSpec) -> str:

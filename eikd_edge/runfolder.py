@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from eikd_edge import image_store
 from eikd_edge.atomic import sweep_temps
 from eikd_edge.errors import EikdError
 from eikd_edge.export.formats import (
@@ -33,6 +32,7 @@ from eikd_edge.export.formats import (
     TRT_QDQ_ONNX,
     build_record_path,
 )
+from eikd_edge.image_files import store_names
 from eikd_edge.run import RunPaths
 from eikd_edge.runlock import LOCK_NAME, run_lock
 
@@ -50,7 +50,7 @@ ROOT_FILES = frozenset(
         "report.html",
     }
 )
-CACHE_FILES = frozenset({"teacher_outputs.pt", "synthetic_outputs.pt"}) | image_store.store_names()
+CACHE_FILES = frozenset({"teacher_outputs.pt", "synthetic_outputs.pt"}) | store_names()
 EXPORT_FILES = frozenset(
     {f.file for f in FORMATS if f.exported}
     | {build_record_path(Path(f.file)).name for f in FORMATS if f.backend == "tensorrt"}

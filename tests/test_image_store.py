@@ -18,7 +18,8 @@ from PIL import Image
 
 from eikd_edge.atomic import sweep_temps
 from eikd_edge.data import decode_image
-from eikd_edge.image_store import data_file, load_or_decode, record_file, remove_sets, store_names
+from eikd_edge.image_files import data_file, record_file, store_names
+from eikd_edge.image_store import load_or_decode, remove_sets
 from eikd_edge.models.spec import InputSpec
 
 SPEC = InputSpec(input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), classes=tuple("0123456789"))
