@@ -27,6 +27,7 @@ from eikd_edge.data import (
     decode_image,
     load_labeled_folder,
 )
+from eikd_edge.disk_images import DiskImages
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
 from eikd_edge.models.pretrained import build_student
@@ -341,9 +342,9 @@ def _stored_subset(
     spec: InputSpec,
     ctx: DistContext,
     workers: int | None,
-) -> tuple[torch.Tensor, np.ndarray]:
+) -> tuple[DiskImages, np.ndarray]:
     """The chosen pool images at training resolution, decoded once into the run's image file (files that
-    vanished are dropped); rank 0 decodes, the other ranks map the same file."""
+    vanished are dropped); rank 0 decodes, the other ranks read the same file."""
     paths = [confined(pool.root, pool.paths[i]) for i in indices]
     if ctx.is_main:
         stored = image_store.load_or_decode(run.cache, name, paths, spec, workers)
