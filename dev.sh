@@ -30,7 +30,7 @@ case "${1:-}" in
     test)
         shift
         ensure_venv "[dev]"
-        exec "$VENV/bin/python" -m pytest -m "not slow and not gpu" "$@"
+        exec "$VENV/bin/python" -m pytest -m "not slow" "$@"
         ;;
     lint)
         ensure_venv "[dev]"

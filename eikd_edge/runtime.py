@@ -7,7 +7,7 @@ so validate and bench compare backends on exactly the same pixels.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,12 +16,6 @@ from eikd_edge.data import normalize
 from eikd_edge.errors import EikdError
 from eikd_edge.export.formats import Format
 from eikd_edge.models.spec import InputSpec
-
-
-class Predictor(Protocol):
-    name: str
-
-    def predict_logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray: ...
 
 
 def _as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:

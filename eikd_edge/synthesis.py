@@ -34,12 +34,6 @@ MANIFEST = "synthesis.json"
 IMAGE_PATTERN = "synth_{:06d}.png"
 
 
-def class_similarity(classifier_weight: torch.Tensor) -> torch.Tensor:
-    """S = W̃W̃ᵀ: cosine similarity between the classes' weight vectors (1 on the diagonal)."""
-    normed = F.normalize(classifier_weight.float(), dim=1)
-    return normed @ normed.T
-
-
 def sample_normalised_logits(
     classifier_weight: torch.Tensor,
     target_classes: torch.Tensor,

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
 from eikd_edge.errors import EikdError
 from eikd_edge.run import RunPaths
-
-STATUSES = ("ok", "failed_gate", "failed")
 
 
 def read_record(run: RunPaths) -> dict[str, Any]:
@@ -53,7 +50,3 @@ def merge_record(
 
 def status_for(parity: dict[str, Any] | None) -> str:
     return "ok" if parity is None or parity.get("passed") else "failed_gate"
-
-
-def artifact_file(run: RunPaths, entry: dict[str, Any]) -> Path:
-    return run.export_dir / str(entry.get("path", ""))
