@@ -33,7 +33,7 @@ from PIL import Image
 from benchmarks.common import EXAMPLE, RESULTS, machine
 from eikd_edge.config import load_recipe
 from eikd_edge.data import normalize
-from eikd_edge.distill import resolve_device
+from eikd_edge.devices import resolve_device
 from eikd_edge.distributed import DistContext
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.run import RunPaths
@@ -179,7 +179,7 @@ def main() -> None:
     if args.student:
         overrides.append(f"student.arch={args.student}")
     recipe = load_recipe(None, overrides)
-    device = resolve_device(recipe.train.device, DistContext())
+    device = resolve_device(recipe.train.device)
     teacher = load_teacher(args.teacher).to(device)
     sel = selection_vs_inference(teacher, args.pool, device, recipe.selection.batch_size)
     scores = score_pool(teacher, args.pool, device, recipe.selection.batch_size)

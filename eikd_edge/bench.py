@@ -22,6 +22,7 @@ from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
 from eikd_edge.checkpoint import load_student
 from eikd_edge.data import confined, decode_image, normalize
+from eikd_edge.devices import resolve_device
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, folder_images, read_manifest, run_field_images
 from eikd_edge.export.formats import FORMATS, Format
@@ -168,7 +169,7 @@ def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
         if options.images
         else run_field_images(run, ckpt.spec, "parity", limit)
     )
-    device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(options.device).type  # _check allowed only auto, cpu and a visible cuda
     quality = {name: {k: q.get(k) for k in QUALITY_KEYS} for name, q in model_quality(run).items()}
     rows: list[BenchRow] = []
     previous_threads = torch.get_num_threads()

@@ -5,7 +5,6 @@ Checkpoints are atomic and written every epoch, so a killed run resumes (`resume
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from eikd_edge.data import (
     decode_image,
     load_labeled_folder,
 )
+from eikd_edge.devices import resolve_device
 from eikd_edge.disk_images import DiskImages
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
@@ -44,7 +44,7 @@ from eikd_edge.runfolder import (
     refuse_foreign,
     writing_run,
 )
-from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, progress_bar, scan_folder, score_pool
+from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, progress_bar, scan_folder, score_pool, show_progress
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
 from eikd_edge.trainer import Checks, Trainer
@@ -80,15 +80,6 @@ class DistillResult:
     is_main: bool = True
 
 
-def resolve_device(name: str, ctx: DistContext) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EikdError("train.device is cuda but no CUDA device is visible; use train.device=cpu or auto")
-    return device
-
-
 def load_inputs_teacher(inputs: DistillInputs) -> TeacherModel:
     return load_teacher(inputs.teacher, inputs.teacher_arch, inputs.trust_pickle, inputs.spec_overrides)
 
@@ -108,7 +99,7 @@ def run_selection(
     Returns the teacher, the selection and the extra sections written beside it ("synthesis", "novel").
     """
     ctx = ctx or DistContext()
-    device = device or resolve_device(recipe.train.device, ctx)
+    device = device or resolve_device(recipe.train.device, ctx.local_rank)
     teacher = (teacher or load_inputs_teacher(inputs)).to(device)
     run = RunPaths(Path(out))
     if inputs.unlabeled is None and recipe.synthesis.count == 0:
@@ -158,8 +149,7 @@ def _synthesize_for_run(
     """Synthesise into RUN/synthetic on rank 0 (reused while the teacher and settings match); others wait."""
     summary: dict[str, Any] = {}
     if ctx.is_main:
-        show = not os.environ.get("EIKD_NO_PROGRESS")
-        with progress_bar(disable=not show) as bar:
+        with progress_bar(disable=not show_progress()) as bar:
             result = synthesize(teacher, recipe.synthesis.count, recipe.synthesis, run.synthetic, device, bar)
         summary = {
             "count": result.count,
@@ -395,7 +385,7 @@ def _distill(
     replacement: Replacement,
     keep_state: bool = False,
 ) -> DistillResult:
-    device = resolve_device(recipe.train.device, ctx)
+    device = resolve_device(recipe.train.device, ctx.local_rank)
     barrier(ctx)
     torch.manual_seed(recipe.train.seed)
     teacher, scan = (checked.teacher, checked.pool_scan) if checked else (load_inputs_teacher(inputs), None)

@@ -15,6 +15,7 @@ import torch
 from eikd_edge.data import normalize
 from eikd_edge.errors import EikdError
 from eikd_edge.export.formats import Format
+from eikd_edge.export.ort_session import session
 from eikd_edge.models.spec import InputSpec
 
 
@@ -69,10 +70,7 @@ class OnnxPredictor:
                 "onnxruntime here has no CUDAExecutionProvider; install onnxruntime-gpu or use --device cpu"
             )
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.session = session(path, threads, providers)
         self.name, self.spec, self.batch_size = name or Path(path).name, spec, batch_size
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()

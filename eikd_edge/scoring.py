@@ -83,6 +83,12 @@ def progress_bar(disable: bool = False) -> Progress:
     )
 
 
+def show_progress(is_main: bool = True) -> bool:
+    """Bars only on rank 0 (one per run, not one per GPU) and never with EIKD_NO_PROGRESS set: a bar redraws in
+    place, which in a log file leaves every frame."""
+    return is_main and not os.environ.get("EIKD_NO_PROGRESS")
+
+
 BATCH_BYTES = 512 << 20  # the normalised float batch the teacher sees; decoded uint8 batches are a quarter of it
 
 
@@ -286,8 +292,7 @@ def _score_shard(
     taps = BatchNormTaps(teacher.module) if want_bn else None
     count = 0
     started = time.perf_counter()
-    show = ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
-    with progress_bar(disable=not show) as bar:
+    with progress_bar(disable=not show_progress(ctx.is_main)) as bar:
         task = bar.add_task("Scoring pool with the teacher", total=len(paths) * ctx.world_size, rate="")
         done = 0
         for batch in iter_decoded(paths, teacher.spec, batch_size, report, root, workers):

@@ -12,7 +12,6 @@ BatchNorm layers), a smoothness (total-variation) prior and a small pixel-norm p
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,7 +244,3 @@ def synthesize(
         },
     )
     return SynthesisResult(folder, count, False, seconds, fit, bn_prior)
-
-
-def show_progress() -> bool:
-    return not os.environ.get("EIKD_NO_PROGRESS")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import gc
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel
 from eikd_edge.models.zoo import build_model, count_macs, count_parameters
 from eikd_edge.run import RunPaths
-from eikd_edge.scoring import PoolScores, progress_bar
+from eikd_edge.scoring import PoolScores, progress_bar, show_progress
 from eikd_edge.selection import Selection
 from eikd_edge.training import (
     DistillNet,
@@ -193,8 +192,7 @@ class Trainer:
         self.configure_schedule(int(cfg.warmup_epochs * steps_per_epoch))
         if resume:
             self._load_state()
-        show = self.ctx.is_main and not os.environ.get("EIKD_NO_PROGRESS")
-        with progress_bar(disable=not show) as bar:
+        with progress_bar(disable=not show_progress(self.ctx.is_main)) as bar:
             task = bar.add_task(f"Distilling ({self.recipe.method})", total=total_steps, completed=self.step, rate="")
             epoch = self.start_epoch
             while self.step < self.total_steps:

@@ -9,10 +9,11 @@ import typer
 from rich.markup import escape
 
 from eikd_edge.commands.models_cmd import human
-from eikd_edge.commands.options import RunFolder, Threads, TrustPickle, resolve_threads
+from eikd_edge.commands.options import DEFAULT_GATE, RunFolder, Threads, TrustPickle, check_gate, resolve_threads
 from eikd_edge.console import console, err_console, print_command
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.fitted_tables import print_fitted
+from eikd_edge.formatting import pct
 
 if TYPE_CHECKING:
     from eikd_edge.export.pipeline import ExportRequest, ExportResult
@@ -67,7 +68,7 @@ def export(
             help="ONNX exporter (auto: torchscript for opset <= 17).",
         ),
     ] = "auto",
-    gate: Annotated[float, typer.Option("--gate", help="Min top-1 agreement with the FP32 student.")] = 0.99,
+    gate: Annotated[float, typer.Option("--gate", help="Min top-1 agreement with the FP32 student.")] = DEFAULT_GATE,
     calib_images: Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")] = 512,
     threads: Threads = 0,
     images: Annotated[
@@ -96,8 +97,7 @@ def export(
 
     if (fp16 or fp32) and not trt:
         raise EikdError("--fp16/--fp32 choose TensorRT precisions: add --trt")
-    if not 0.0 < gate <= 1.0:
-        raise EikdError(f"--gate must be in (0, 1], got {gate}")
+    check_gate(gate)
     if exporter not in EXPORTERS:
         raise EikdError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
@@ -178,8 +178,8 @@ def _print(result: ExportResult) -> None:
                 escape(str(entry.get("precision", "-"))),
                 human(entry["size_bytes"]) + "B" if "size_bytes" in entry else "-",
                 f"{entry['build_s']:.1f}" if "build_s" in entry else "-",
-                _pct(parity.get("agree_student")),
-                _pct(parity.get("agree_teacher")),
+                pct(parity.get("agree_student")),
+                pct(parity.get("agree_teacher")),
                 STATUS_STYLE.get(outcome.status, escape(outcome.status)),
             )
         )
@@ -229,10 +229,6 @@ def _qad_line(qad: dict) -> str:
         f"{head}: {qad['steps']} steps in {qad['train_s']:.0f} s on {qad['images']} field images the gate does not "
         f"grade; agreement with FP32 {qad['base_agree_fp32']:.2%} post-training -> {qad['agree_fp32']:.2%}"
     )
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def register(app: typer.Typer) -> None:

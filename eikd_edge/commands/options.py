@@ -13,6 +13,8 @@ import typer
 from eikd_edge.errors import EikdError
 
 MAX_CLASS_FILE_BYTES = 8 << 20  # 100,000 names of a few dozen characters
+# eikd_edge.validate's default, spelled here so `--help` need not import it (tests/test_help.py compares them)
+DEFAULT_GATE = 0.99
 
 RunFolder = Annotated[
     Path, typer.Argument(metavar="RUN", help="Run folder written by `eikd-edge distill` (and later commands).")
@@ -171,6 +173,12 @@ def torch_threads(threads: int | None) -> Iterator[int | None]:
         yield count
     finally:
         torch.set_num_threads(previous)
+
+
+def check_gate(gate: float) -> None:
+    """--gate is a top-1 agreement share: above 0 (a gate of 0 passes anything) and at most 1."""
+    if not 0.0 < gate <= 1.0:
+        raise EikdError(f"--gate must be in (0, 1], got {gate}")
 
 
 def resolve_threads(threads: int) -> int:

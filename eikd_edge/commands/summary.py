@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from eikd_edge.commands.models_cmd import human
 from eikd_edge.console import console, err_console
+from eikd_edge.formatting import pct
 
 if TYPE_CHECKING:
     from eikd_edge.distill import DistillResult
@@ -17,8 +19,7 @@ if TYPE_CHECKING:
     from eikd_edge.selection import Selection
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.1f}%"  # None or NaN: not measured
+_pct = partial(pct, nan_is_missing=True)  # metrics.json holds NaN for a figure it could not measure
 
 
 def _names(names: list[str]) -> str:

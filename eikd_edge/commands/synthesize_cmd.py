@@ -54,11 +54,11 @@ def synthesize_command(
 ) -> None:
     """Synthesise a transfer set from the teacher alone (soft-targeted synthesis, Z. Wang, AAAI 2021)."""
     from eikd_edge.config import load_recipe
-    from eikd_edge.distill import DistillInputs, load_inputs_teacher, resolve_device
-    from eikd_edge.distributed import DistContext
+    from eikd_edge.devices import resolve_device
+    from eikd_edge.distill import DistillInputs, load_inputs_teacher
     from eikd_edge.runfolder import is_run_folder, writing_run
-    from eikd_edge.scoring import progress_bar
-    from eikd_edge.synthesis import check_output_folder, show_progress, synthesize
+    from eikd_edge.scoring import progress_bar, show_progress
+    from eikd_edge.synthesis import check_output_folder, synthesize
 
     extra = [*(overrides or []), f"synthesis.seed={seed}", f"train.device={device or 'auto'}"]
     if steps:
@@ -73,7 +73,7 @@ def synthesize_command(
             teacher, None, None, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, classes)
         )
         model = load_inputs_teacher(inputs)
-        target = resolve_device(recipe.train.device, DistContext())
+        target = resolve_device(recipe.train.device)
         with progress_bar(disable=not show_progress()) as bar:
             result = synthesize(model, count, recipe.synthesis, out, target, bar)
     if result.reused:

@@ -8,17 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from eikd_edge.commands.options import RunFolder, Threads, TrustPickle, resolve_threads
+from eikd_edge.commands.options import DEFAULT_GATE, RunFolder, Threads, TrustPickle, check_gate, resolve_threads
 from eikd_edge.console import console, err_console
 from eikd_edge.device_result import DeviceResult, import_device_result
-from eikd_edge.errors import EikdError, GateFailed
+from eikd_edge.errors import GateFailed
 from eikd_edge.fitted_tables import print_fitted
+from eikd_edge.formatting import pct
 
 if TYPE_CHECKING:
     from eikd_edge.validate import ValidationResult
 
-# eikd_edge.validate's defaults, spelled here so `--help` need not import it (tests/test_help.py compares them)
-DEFAULT_GATE = 0.99
+# eikd_edge.validate's default, spelled here so `--help` need not import it (tests/test_help.py compares them)
 MAX_IMAGES = 2000
 LEGEND = (
     "agree S / T: top-1 agreement with the FP32 student / the teacher",
@@ -58,8 +58,7 @@ def validate(
     from eikd_edge.validate import validate_run
 
     threads = resolve_threads(threads)
-    if not 0.0 < gate <= 1.0:
-        raise EikdError(f"--gate must be in (0, 1], got {gate}")
+    check_gate(gate)
     if device_result is not None:
         with writing_run(run, "validate"):
             imported = import_device_result(RunPaths(run), device_result)
@@ -82,19 +81,19 @@ def _print(result: ValidationResult) -> None:
     images = summary["images"]
     has_val = result.reference.val is not None
     columns = ("artifact", "agree S", "agree T", "flips", "Δprob", "Δlogit", *(("top-1",) if has_val else ()), "status")
-    val_cell = (lambda value: (_pct(value),)) if has_val else (lambda value: ())
+    val_cell = (lambda value: (pct(value),)) if has_val else (lambda value: ())
     student = summary["student"]
-    rows = [("student", "-", _pct(student["agree_teacher"]), "-", "-", "-", *val_cell(student["top1"]), "ref")]
+    rows = [("student", "-", pct(student["agree_teacher"]), "-", "-", "-", *val_cell(student["top1"]), "ref")]
     if has_val:
-        rows.append(("teacher", "-", "-", "-", "-", "-", _pct(summary["teacher"]["top1"]), "ref"))
+        rows.append(("teacher", "-", "-", "-", "-", "-", pct(summary["teacher"]["top1"]), "ref"))
     for check in result.checks:
         p = check.parity
         cells = ("-",) * 5
         if p is not None:
             cells = (
-                _pct(p.agree_student),
-                _pct(p.agree_teacher),
-                _pct(p.flip_rate),
+                pct(p.agree_student),
+                pct(p.agree_teacher),
+                pct(p.flip_rate),
                 _sci(p.max_abs_dprob),
                 _sci(p.max_abs_dlogit),
             )
@@ -123,8 +122,8 @@ def _print_device(result: DeviceResult) -> None:
         rows.append(
             (
                 escape(engine.name),
-                _pct(p.agree_student) if p else "-",
-                _pct(p.flip_rate) if p else "-",
+                pct(p.agree_student) if p else "-",
+                pct(p.flip_rate) if p else "-",
                 _sci(p.max_abs_dlogit) if p and p.max_abs_dlogit is not None else "-",
                 " / ".join(f"{x.p50_ms:.2f} ({x.batch})" for x in engine.latency) or "-",
                 f"{lat.images_per_s:.0f}" if lat and lat.images_per_s else "-",
@@ -139,10 +138,6 @@ def _print_device(result: DeviceResult) -> None:
         if engine.reason:
             console.print(escape(f"  {engine.name}: {engine.reason}"), highlight=False)
     console.print("imported into export.json (device_results) and validate.json (device)", highlight=False)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def _sci(value: float) -> str:

@@ -29,6 +29,7 @@ from eikd_edge import __version__, preprocess
 from eikd_edge.atomic import write_atomic
 from eikd_edge.checkpoint import StudentCheckpoint
 from eikd_edge.errors import EikdError
+from eikd_edge.export.ort_session import session as ort_session
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.models.zoo import for_export
 
@@ -225,11 +226,8 @@ def read_metadata(path: Path) -> dict[str, str]:
 @torch.no_grad()
 def self_check(proto: onnx.ModelProto, model: torch.nn.Module, chw: tuple[int, int, int]) -> float:
     """Max |dlogit| vs PyTorch at several batch sizes: proves the dynamic batch axis really is dynamic."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # a correctness check on a few images: no thread pool to spin up
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # one thread: a correctness check on a few images needs no thread pool to spin up; ORT's warnings stay on
+    session = ort_session(proto.SerializeToString(), threads=1, log_severity=None)
     generator = torch.Generator().manual_seed(1)
     worst = 0.0
     for batch in SELF_CHECK_BATCHES:

@@ -29,6 +29,7 @@ from onnx import numpy_helper
 
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, decode_entries, folder_images, read_manifest, stratified
+from eikd_edge.export.ort_session import session as ort_session
 from eikd_edge.export.qdq_torch import QDQModule
 from eikd_edge.export.quantize import (
     QAD_SLOWDOWN,
@@ -39,7 +40,6 @@ from eikd_edge.export.quantize import (
     quantize_one,
     run_logits,
 )
-from eikd_edge.export.quantize import session as ort_session
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.run import RunPaths
 

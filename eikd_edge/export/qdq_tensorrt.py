@@ -15,13 +15,13 @@ import numpy as np
 
 from eikd_edge.atomic import write_atomic
 from eikd_edge.export.agreement import wilson_interval
+from eikd_edge.export.ort_session import session
 from eikd_edge.export.quantize import (
     QuantSetting,
     agreement,
     keep_sensitive_in_fp32,
     quantize_one,
     run_logits,
-    session,
     short_of_sound,
 )
 

@@ -30,6 +30,7 @@ from eikd_edge.atomic import write_atomic
 from eikd_edge.errors import EikdError
 from eikd_edge.export.agreement import wilson_interval
 from eikd_edge.export.onnx import INPUT_NAME, OUTPUT_NAME
+from eikd_edge.export.ort_session import session
 
 CALIBRATION_BATCH = 16
 MAX_FP32_NODES = 4  # mixed precision beyond this is no longer an INT8 model worth shipping
@@ -226,13 +227,6 @@ def classifier_head_nodes(fp32: Path) -> list[str]:
     graph = onnx.load(str(fp32), load_external_data=False).graph
     outputs = {o.name for o in graph.output}
     return [node.name for node in graph.node if node.name and outputs & set(node.output)]
-
-
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_logits(sess: ort.InferenceSession, images: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from eikd_edge.commands.models_cmd import human
+from eikd_edge.formatting import pct as pct  # the renderers call t.pct
 
 DASH = "-"
-
-
-def pct(value: float | None) -> str:
-    return DASH if value is None else f"{value:.1%}"
 
 
 def ms(value: float | None) -> str:
