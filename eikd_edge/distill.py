@@ -44,10 +44,11 @@ from eikd_edge.runfolder import (
     refuse_foreign,
     writing_run,
 )
-from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, progress_bar, scan_folder, score_pool, show_progress
+from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, scan_folder, score_pool
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
 from eikd_edge.trainer import Checks, Trainer
+from eikd_edge.ui import progress_bar, show_progress
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from eikd_edge import score_cache
 from eikd_edge.checkpoint import save_torch_atomic
@@ -22,6 +21,7 @@ from eikd_edge.errors import EikdError
 from eikd_edge.file_stats import hash_file_stats
 from eikd_edge.models.bn_stats import BatchNormTaps, batchnorm_layers, per_sample_deviation
 from eikd_edge.models.teacher import TeacherModel
+from eikd_edge.ui import progress_bar, show_progress
 
 
 @dataclass(frozen=True)
@@ -68,25 +68,6 @@ def _merge_skipped(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         reasons[reason] = reasons.get(reason, 0) + n
     sample = [*a.get("sample", []), *b.get("sample", [])][:20]
     return {"count": int(a.get("count", 0)) + int(b.get("count", 0)), "by_reason": reasons, "sample": sample}
-
-
-def progress_bar(disable: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=disable,
-        transient=False,
-    )
-
-
-def show_progress(is_main: bool = True) -> bool:
-    """Bars only on rank 0 (one per run, not one per GPU) and never with EIKD_NO_PROGRESS set: a bar redraws in
-    place, which in a log file leaves every frame."""
-    return is_main and not os.environ.get("EIKD_NO_PROGRESS")
 
 
 BATCH_BYTES = 512 << 20  # the normalised float batch the teacher sees; decoded uint8 batches are a quarter of it

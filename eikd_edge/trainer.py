@@ -26,7 +26,7 @@ from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel
 from eikd_edge.models.zoo import build_model, count_macs, count_parameters
 from eikd_edge.run import RunPaths
-from eikd_edge.scoring import PoolScores, progress_bar, show_progress
+from eikd_edge.scoring import PoolScores
 from eikd_edge.selection import Selection
 from eikd_edge.training import (
     DistillNet,
@@ -41,6 +41,7 @@ from eikd_edge.training import (
     uses_projector,
     warmup_cosine,
 )
+from eikd_edge.ui import progress_bar, show_progress
 
 
 def stays_on_host(images: ImageRows, device: torch.device) -> bool:

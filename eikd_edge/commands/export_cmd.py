@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from eikd_edge.commands.models_cmd import human
 from eikd_edge.commands.options import DEFAULT_GATE, RunFolder, Threads, TrustPickle, check_gate, resolve_threads
 from eikd_edge.console import console, err_console, print_command
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.fitted_tables import print_fitted
-from eikd_edge.formatting import pct
+from eikd_edge.ui import human, pct
 
 if TYPE_CHECKING:
     from eikd_edge.export.pipeline import ExportRequest, ExportResult

@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from eikd_edge.commands.models_cmd import human
 from eikd_edge.commands.options import (
     Classes,
     InputSize,
@@ -21,6 +20,7 @@ from eikd_edge.commands.options import (
     spec_overrides,
 )
 from eikd_edge.console import console
+from eikd_edge.ui import human
 
 if TYPE_CHECKING:
     from eikd_edge.models.teacher import TeacherModel

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from eikd_edge.console import console
+from eikd_edge.ui import human
 
 DEFAULT_SIZE = {"builtin": "32", "timm": "224", "all": "32"}
 
@@ -64,13 +65,6 @@ def models(
         except Exception as exc:  # e.g. an architecture that needs a larger input than asked for
             table.add_row(info.name, info.family, "-", f"n/a ({type(exc).__name__})", export)
     console.print(table)
-
-
-def human(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return f"{value:.0f}"
 
 
 def register(app: typer.Typer) -> None:

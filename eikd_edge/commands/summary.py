@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from eikd_edge.commands.models_cmd import human
 from eikd_edge.console import console, err_console
-from eikd_edge.formatting import pct
+from eikd_edge.ui import human, pct
 
 if TYPE_CHECKING:
     from eikd_edge.distill import DistillResult

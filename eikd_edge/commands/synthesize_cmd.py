@@ -57,8 +57,8 @@ def synthesize_command(
     from eikd_edge.devices import resolve_device
     from eikd_edge.distill import DistillInputs, load_inputs_teacher
     from eikd_edge.runfolder import is_run_folder, writing_run
-    from eikd_edge.scoring import progress_bar, show_progress
     from eikd_edge.synthesis import check_output_folder, synthesize
+    from eikd_edge.ui import progress_bar, show_progress
 
     extra = [*(overrides or []), f"synthesis.seed={seed}", f"train.device={device or 'auto'}"]
     if steps:

@@ -13,7 +13,7 @@ from eikd_edge.console import console, err_console
 from eikd_edge.device_result import DeviceResult, import_device_result
 from eikd_edge.errors import GateFailed
 from eikd_edge.fitted_tables import print_fitted
-from eikd_edge.formatting import pct
+from eikd_edge.ui import pct
 
 if TYPE_CHECKING:
     from eikd_edge.validate import ValidationResult

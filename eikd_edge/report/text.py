@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eikd_edge.commands.models_cmd import human
-from eikd_edge.formatting import pct as pct  # the renderers call t.pct
+from eikd_edge.ui import human
+from eikd_edge.ui import pct as pct  # the renderers call t.pct
 
 DASH = "-"
 
