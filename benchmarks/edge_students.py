@@ -24,11 +24,11 @@ import torch
 from benchmarks.common import RESULTS, machine
 from eikd_edge.checkpoint import load_student, save_student
 from eikd_edge.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
-from eikd_edge.export.ort_session import session
 from eikd_edge.export.quantize import QuantSetting, quantize_one
 from eikd_edge.models import timm_zoo
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.zoo import build_model, count_macs, count_parameters, for_export
+from eikd_edge.ort_session import session
 
 REFERENCE = ("mobilenet_v3_small",)  # a torchvision student for scale
 INT8 = QuantSetting("u8", per_channel=False)

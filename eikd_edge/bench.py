@@ -25,8 +25,8 @@ from eikd_edge.data import confined, decode_image, normalize
 from eikd_edge.devices import resolve_device
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, folder_images, read_manifest, run_field_images
-from eikd_edge.export.formats import FORMATS, Format
 from eikd_edge.export.tensorrt import unavailable_reason
+from eikd_edge.formats import FORMATS, Format
 from eikd_edge.latency import LatencyStats, Timing, cpu_count, cuda_compute, latency_stats, machine_info, time_calls
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.preprocess import describe

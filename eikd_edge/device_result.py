@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eikd_edge.atomic import write_json_atomic
 from eikd_edge.errors import EikdError
-from eikd_edge.export.formats import PARITY_JSON
 from eikd_edge.export.record import merge_record
+from eikd_edge.formats import PARITY_JSON
 from eikd_edge.run import RunPaths
 
 MAX_BYTES = 1 << 20

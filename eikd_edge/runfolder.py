@@ -23,7 +23,7 @@ from typing import Any
 
 from eikd_edge.atomic import sweep_temps
 from eikd_edge.errors import EikdError
-from eikd_edge.export.formats import (
+from eikd_edge.formats import (
     BUILD_SCRIPT,
     CALIBRATION_CACHE,
     FORMATS,

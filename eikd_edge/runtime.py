@@ -14,9 +14,9 @@ import torch
 
 from eikd_edge.data import normalize
 from eikd_edge.errors import EikdError
-from eikd_edge.export.formats import Format
-from eikd_edge.export.ort_session import session
+from eikd_edge.formats import Format
 from eikd_edge.models.spec import InputSpec
+from eikd_edge.ort_session import session
 
 
 def _as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:

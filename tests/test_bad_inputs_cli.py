@@ -421,7 +421,7 @@ def test_nan_rows_never_agree() -> None:
     import numpy as np
 
     from eikd_edge.export.fieldset import FieldImages
-    from eikd_edge.validate import Reference, gate_reason, parity
+    from eikd_edge.export.parity import Reference, gate_reason, parity
 
     images = FieldImages(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), ["a", "b", "c", "d"], "test", [None] * 4)
     student = np.tile(np.array([[5.0, 1.0, 0.0]], dtype=np.float32), (4, 1))  # every image: class 0

@@ -17,12 +17,12 @@ from eikd_edge.cli import app
 from eikd_edge.data import normalize
 from eikd_edge.export.fieldset import is_tuning, parity_entries, read_manifest
 from eikd_edge.export.onnx import export_onnx
-from eikd_edge.export.ort_session import session
+from eikd_edge.export.parity import MAX_IMAGES
 from eikd_edge.export.qad import distill_quantized, spare_field_images
 from eikd_edge.export.qdq_tensorrt import quantize_for_tensorrt
 from eikd_edge.export.qdq_torch import QDQModule
 from eikd_edge.export.quantize import QuantSetting, agreement, choose_int8, quantize_one, run_logits
-from eikd_edge.validate import MAX_IMAGES
+from eikd_edge.ort_session import session
 
 runner = CliRunner()
 HARSH = QuantSetting("u8", per_channel=False)

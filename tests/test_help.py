@@ -133,8 +133,8 @@ def test_recipe_backed_defaults_match_the_recipe() -> None:
     from eikd_edge.bench import BACKENDS
     from eikd_edge.commands import bench_cmd, distill_cmd, export_cmd, synthesize_cmd, validate_cmd
     from eikd_edge.config import Recipe
+    from eikd_edge.export.parity import DEFAULT_GATE, MAX_IMAGES
     from eikd_edge.export.targets import DEFAULT_TARGET, load_target
-    from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES
 
     recipe = Recipe()
     assert recipe.method == distill_cmd.DEFAULT_METHOD

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from run_fixture import FixtureRun, fresh_run
 
-from eikd_edge.export.formats import BUILD_SCRIPT, TRT_QDQ_ONNX
 from eikd_edge.export.pipeline import ExportRequest, export_run
+from eikd_edge.formats import BUILD_SCRIPT, TRT_QDQ_ONNX
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from eikd_edge.cli import app
 from eikd_edge.export.fieldset import FieldImages
-from eikd_edge.validate import Reference, parity
+from eikd_edge.export.parity import Reference, parity
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ import typer
 from eikd_edge.errors import EikdError
 
 MAX_CLASS_FILE_BYTES = 8 << 20  # 100,000 names of a few dozen characters
-# eikd_edge.validate's default, spelled here so `--help` need not import it (tests/test_help.py compares them)
+# eikd_edge.export.parity's default, spelled here so `--help` need not import it (tests/test_help.py compares them)
 DEFAULT_GATE = 0.99
 
 RunFolder = Annotated[

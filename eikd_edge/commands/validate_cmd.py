@@ -18,7 +18,7 @@ from eikd_edge.ui import pct
 if TYPE_CHECKING:
     from eikd_edge.validate import ValidationResult
 
-# eikd_edge.validate's default, spelled here so `--help` need not import it (tests/test_help.py compares them)
+# eikd_edge.export.parity's default, spelled here so `--help` need not import it (tests/test_help.py compares them)
 MAX_IMAGES = 2000
 LEGEND = (
     "agree S / T: top-1 agreement with the FP32 student / the teacher",

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from eikd_edge.atomic import write_atomic, write_json_atomic
-from eikd_edge.export.formats import (
+from eikd_edge.export.record import read_record
+from eikd_edge.export.targets import Target
+from eikd_edge.formats import (
     DEVICE_SCRIPT,
     FORMATS,
     PARITY_IMAGES,
@@ -26,8 +28,6 @@ from eikd_edge.export.formats import (
     TARGET_FILES,
     build_record_path,
 )
-from eikd_edge.export.record import read_record
-from eikd_edge.export.targets import Target
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.run import RunPaths
 

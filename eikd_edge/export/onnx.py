@@ -29,9 +29,9 @@ from eikd_edge import __version__, preprocess
 from eikd_edge.atomic import write_atomic
 from eikd_edge.checkpoint import StudentCheckpoint
 from eikd_edge.errors import EikdError
-from eikd_edge.export.ort_session import session as ort_session
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.models.zoo import for_export
+from eikd_edge.ort_session import session as ort_session
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

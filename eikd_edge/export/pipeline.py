@@ -22,18 +22,18 @@ from eikd_edge.export import trt_script
 from eikd_edge.export.agreement import coarse_gate_note
 from eikd_edge.export.device_bundle import clear_other_target, copy_device_script, write_parity_set
 from eikd_edge.export.fieldset import folder_images, run_field_images
-from eikd_edge.export.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format
 from eikd_edge.export.fp16 import write_fp16
-from eikd_edge.export.ort_session import session
+from eikd_edge.export.parity import DEFAULT_GATE, MAX_IMAGES, Reference, gate_reason, parity, reference_outputs
 from eikd_edge.export.qad import spare_field_images
 from eikd_edge.export.qdq_tensorrt import TensorRTQDQ, quantize_for_tensorrt
 from eikd_edge.export.quantize import choose_int8, run_logits
 from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
+from eikd_edge.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format
 from eikd_edge.models.teacher import file_sha256
+from eikd_edge.ort_session import session
 from eikd_edge.run import RunPaths
 from eikd_edge.runtime import OnnxPredictor, TensorRTPredictor
-from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, Reference, gate_reason, parity, reference_outputs
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from onnx import numpy_helper
 
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, decode_entries, folder_images, read_manifest, stratified
-from eikd_edge.export.ort_session import session as ort_session
 from eikd_edge.export.qdq_torch import QDQModule
 from eikd_edge.export.quantize import (
     QAD_SLOWDOWN,
@@ -41,6 +40,7 @@ from eikd_edge.export.quantize import (
     run_logits,
 )
 from eikd_edge.models.spec import InputSpec
+from eikd_edge.ort_session import session as ort_session
 from eikd_edge.run import RunPaths
 
 STEPS = 300

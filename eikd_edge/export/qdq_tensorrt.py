@@ -15,7 +15,6 @@ import numpy as np
 
 from eikd_edge.atomic import write_atomic
 from eikd_edge.export.agreement import wilson_interval
-from eikd_edge.export.ort_session import session
 from eikd_edge.export.quantize import (
     QuantSetting,
     agreement,
@@ -24,6 +23,7 @@ from eikd_edge.export.quantize import (
     run_logits,
     short_of_sound,
 )
+from eikd_edge.ort_session import session
 
 # TensorRT explicit quantization accepts only symmetric INT8 (zero point 0) and float biases; the Q/DQ layout is
 # the one NVIDIA's ORT -> TensorRT recipe uses (weights as FP32 behind a Q->DQ pair, no DQ shared by two consumers).

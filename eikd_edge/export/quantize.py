@@ -30,7 +30,7 @@ from eikd_edge.atomic import write_atomic
 from eikd_edge.errors import EikdError
 from eikd_edge.export.agreement import wilson_interval
 from eikd_edge.export.onnx import INPUT_NAME, OUTPUT_NAME
-from eikd_edge.export.ort_session import session
+from eikd_edge.ort_session import session
 
 CALIBRATION_BATCH = 16
 MAX_FP32_NODES = 4  # mixed precision beyond this is no longer an INT8 model worth shipping

@@ -21,10 +21,10 @@ from eikd_edge import __version__
 from eikd_edge.atomic import write_atomic, write_json_atomic
 from eikd_edge.errors import EikdError
 from eikd_edge.export import device as dev
-from eikd_edge.export.formats import CALIBRATION_CACHE, TIMING_CACHE, build_record_path
 from eikd_edge.export.onnx import INPUT_NAME
 from eikd_edge.export.targets import Target
 from eikd_edge.export.trt_paths import build_path, check_supported, major_minor, strongly_typed, version_from_number
+from eikd_edge.formats import CALIBRATION_CACHE, TIMING_CACHE, build_record_path
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.run import read_json
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from eikd_edge.errors import EikdError
-from eikd_edge.export.formats import FP16_ONNX, TRT_QDQ_ONNX
+from eikd_edge.formats import FP16_ONNX, TRT_QDQ_ONNX
 
 SUPPORTED = "TensorRT 8.5 to 11.x"
 _BANNER = re.compile(r"TensorRT v(\d+)")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from eikd_edge import __version__
 from eikd_edge.atomic import write_atomic
-from eikd_edge.export.formats import CALIBRATION_CACHE, DEVICE_SCRIPT, FP16_ONNX, TIMING_CACHE, TRT_QDQ_ONNX
 from eikd_edge.export.targets import Target
 from eikd_edge.export.tensorrt import engine_shapes
+from eikd_edge.formats import CALIBRATION_CACHE, DEVICE_SCRIPT, FP16_ONNX, TIMING_CACHE, TRT_QDQ_ONNX
 
 _PRELUDE = r"""set -euo pipefail
 cd "$(dirname "$0")"

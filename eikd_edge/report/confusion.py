@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 from eikd_edge.checkpoint import StudentCheckpoint
 from eikd_edge.export.fieldset import run_field_images
+from eikd_edge.export.parity import MAX_IMAGES, reference_outputs
 from eikd_edge.run import RunPaths, read_resolved
 from eikd_edge.runtime import TorchPredictor
-from eikd_edge.validate import MAX_IMAGES, reference_outputs
 
 MAX_CLASSES = 30  # beyond this a matrix is unreadable: keep the most frequent classes and fold the rest into "other"
 

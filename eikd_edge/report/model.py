@@ -18,8 +18,8 @@ from eikd_edge.checkpoint import load_student
 from eikd_edge.data import confined
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import absolute_root
-from eikd_edge.export.formats import FORMATS
 from eikd_edge.export.record import read_record
+from eikd_edge.formats import FORMATS
 from eikd_edge.models.zoo import count_macs, count_parameters
 from eikd_edge.report.confusion import ConfusionSection, build_confusion
 from eikd_edge.run import RunPaths, TeacherChanged, read_json, read_resolved
