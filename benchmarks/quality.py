@@ -50,10 +50,10 @@ from eikd_edge.distill import DistillInputs, distill
 
 METHODS = ("eikd", "kd", "random", "dfnd")
 ABLATIONS = ("eikd w/o class-dropping", "eikd w/o feature loss", "eikd w/o relation loss", "eikd w/o mixup")
-NEIGHBOURS = (
+NEIGHBOURS = (  # the default is ODSD's sampling + contrastive relation: each row takes one or both back
+    "eikd paper (top-confidence selection, KL relation)",
     "odsd sampling",
     "eikd, contrastive relation",
-    "odsd (sampling + contrastive relation)",
     "kd, self-paced curriculum",
     "eikd, self-paced curriculum",
 )

@@ -38,7 +38,7 @@ class StudentConfig(_Strict):
 
 class SelectionConfig(_Strict):
     sampler: Literal["top", "odsd"] = Field(
-        "top", description="top: class-balanced top-scored (EIKD); odsd: sampled by closeness to the teacher's data"
+        "odsd", description="odsd: sampled by closeness to the teacher's data (ODSD); top: class-balanced top-scored"
     )
     odsd_temperature: float = Field(
         0.1, gt=0, description="odsd: sampling temperature on the [0, 1] closeness (lower = closer to top-k)"
@@ -80,7 +80,7 @@ class WeightedTerm(_Strict):
 
 class RelationConfig(WeightedTerm):
     kind: Literal["kl", "contrastive"] = Field(
-        "kl", description="kl: EIKD's relation-matrix KL; contrastive: ODSD's denoised contrastive relation"
+        "contrastive", description="contrastive: ODSD's denoised contrastive relation; kl: EIKD's relation-matrix KL"
     )
     temperature: float = Field(0.1, gt=0)
 
@@ -204,6 +204,9 @@ class Recipe(_Strict):
         ignored = ignored_settings(self)
         if ignored:
             raise ValueError(f"method {self.method} ignores {', '.join(ignored)}; drop them or use --method eikd")
+        default_score = SelectionConfig.model_fields["score"].default
+        if self.method == "eikd" and self.selection.sampler == "odsd" and self.selection.score != default_score:
+            raise ValueError("selection.score is read by selection.sampler=top only; add --select top to use it")
         return self
 
     def dump(self) -> dict[str, Any]:

@@ -105,7 +105,8 @@ def run_selection(
     run = RunPaths(Path(out))
     if inputs.unlabeled is None and recipe.synthesis.count == 0:
         raise EikdError("no training images: give --unlabeled DIR, or --synthesize N for data-free distillation")
-    batch, want_bn = recipe.selection.batch_size, recipe.selection.sampler == "odsd"
+    batch = recipe.selection.batch_size
+    want_bn = recipe.selection.sampler == "odsd" and recipe.method == "eikd"  # only ODSD's closeness reads them
     pools: list[PoolScores] = []
     extras: dict[str, Any] = {}
     if inputs.unlabeled is not None:

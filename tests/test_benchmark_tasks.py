@@ -95,7 +95,7 @@ def test_defaults_rows_set_nothing_but_the_method() -> None:
 def test_neighbouring_rows_set_their_mode_on_top_of_each_budget() -> None:
     runs = plan(["eikd"], ablations=False, steps=60, defaults=True, neighbours=True)
     rows = {(row, mode): overrides for row, mode, overrides in runs}
-    assert rows[("odsd sampling", "defaults")] == ["selection.sampler=odsd"]
+    assert rows[("odsd sampling", "defaults")] == ["selection.sampler=odsd", "loss.relation.kind=kl"]
     assert rows[("kd, self-paced curriculum", "60 steps")] == ["method=kd", "train.curriculum.mode=selfpaced",
                                                                 "train.steps=60"]  # fmt: skip
     assert len([r for r in rows if r[0] != "eikd"]) == 10

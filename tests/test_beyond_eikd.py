@@ -142,7 +142,7 @@ def test_odsd_sampler_is_seeded_balanced_and_recorded(tmp_path: Path) -> None:
     assert first.selected.sum() == 30 and [c["selected"] for c in first.per_class] == [10, 10, 10]
     assert (first.selected == again.selected).all() and (first.selected != other.selected).any()
     assert first.to_json()["sampler"] == "odsd" and first.closeness_from == ["prototype cosine"]
-    top = select(pool, CLASSES, SelectionConfig(keep_fraction=0.5, holdout_fraction=0.0))
+    top = select(pool, CLASSES, SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.0))
     assert top.to_json()["sampler"] == "top" and top.closeness_from == []
 
 

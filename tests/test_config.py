@@ -102,13 +102,13 @@ def test_yaml_recipe_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text(
         "method: eikd\n"
-        "selection:\n  keep_fraction: 0.3\n  score: energy\n"
+        "selection:\n  sampler: top\n  keep_fraction: 0.3\n  score: energy\n"
         "loss:\n  temperature: 2.0\n  relation:\n    enabled: false\n"
         "train:\n  epochs: 2\n  optimizer: adamw\n"
     )
     recipe = load_recipe(path, ["train.epochs=5"])
     assert recipe.method == "eikd"
-    assert recipe.selection == SelectionConfig(keep_fraction=0.3, score="energy")
+    assert recipe.selection == SelectionConfig(sampler="top", keep_fraction=0.3, score="energy")
     assert recipe.loss.temperature == 2.0
     assert recipe.loss.relation.enabled is False
     assert recipe.train.optimizer == "adamw"

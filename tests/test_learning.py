@@ -22,7 +22,13 @@ from eikd_edge.cli import app
 from eikd_edge.config import load_recipe
 from eikd_edge.data import load_labeled_folder
 from eikd_edge.distill import DistillInputs, distill
-from eikd_edge.losses import NoiseAdaptation, class_drop_kd, feature_loss, kept_class_mask, relation_loss
+from eikd_edge.losses import (
+    NoiseAdaptation,
+    class_drop_kd,
+    contrastive_relation_loss,
+    feature_loss,
+    kept_class_mask,
+)
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
 from eikd_edge.models.zoo import build_model
@@ -120,14 +126,17 @@ def _batch() -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize("method", ["eikd", "random"])
 def test_eikd_loss_mix_applies_the_tau_softened_class_drop_mask(method: str) -> None:
-    """L = τ²·KL(p̃_T ‖ p_S) over the kept classes + α·L_feat + β·L_rel, the mask taken at τ with ≥ 2 classes."""
+    """L = τ²·KL(p̃_T ‖ p_S) over the kept classes + α·L_feat + β·L_rel, the mask taken at τ with ≥ 2 classes;
+    L_rel is ODSD's denoised contrastive relation by default."""
     s_logits, s_embed, projected, t_logits, t_embed = _batch()
     recipe = load_recipe(None, [f"method={method}", "loss.class_drop.mass=0.5", "loss.relation.weight=0.5"])
     terms = distillation_loss(_Net(), recipe, s_logits, s_embed, projected, t_logits, t_embed)
     mask = kept_class_mask(t_logits, None, 0.5, temperature=4.0, min_classes=2)
     assert int(mask.sum(1).min()) >= 2 and bool((mask.sum(1) < 5).any())  # the mask drops something here
     kd = class_drop_kd(s_logits, t_logits, 4.0, mask, mask_student=False)
-    expected = kd + feature_loss(projected, t_embed) + 0.5 * relation_loss(s_embed, t_embed, 0.1)
+    expected = (
+        kd + feature_loss(projected, t_embed) + 0.5 * contrastive_relation_loss(projected, t_embed, t_logits, 0.1)
+    )
     assert float(terms.total) == pytest.approx(float(expected), rel=1e-5)
     assert terms.parts["kd"] == pytest.approx(float(kd), rel=1e-5)
     unmasked = class_drop_kd(s_logits, t_logits, 4.0, None)

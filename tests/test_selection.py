@@ -109,7 +109,7 @@ def test_balanced_quotas_cascade_of_short_classes() -> None:
 
 
 def test_select_eikd_takes_top_scored_per_class(pool: PoolScores) -> None:
-    config = SelectionConfig(keep_fraction=0.5, holdout_fraction=0.0)
+    config = SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.0)
     selection = select(pool, CLASSES, config, method="eikd")
     # budget 6; candidates [6, 1, 5] → quotas: b keeps its 1, a and c share 5 → [3, 1, 2]
     assert int(selection.selected.sum()) == 6
@@ -130,7 +130,7 @@ def test_select_eikd_uses_the_configured_score(tmp_path: Path) -> None:
     logits = torch.tensor([[2.0, 0.0], [1.0, -1.0], [0.0, 3.0], [0.0, 1.0]])
     # rows 0 and 1 have the same softmax; row 1 has lower logsumexp
     pool = make_pool(tmp_path, logits)
-    config = SelectionConfig(keep_fraction=0.5, holdout_fraction=0.0, score="energy")
+    config = SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.0, score="energy")
     selection = select(pool, ("a", "b"), config)
     assert np.flatnonzero(selection.selected).tolist() == [0, 2]
     assert selection.score.tolist() == pytest.approx(torch.logsumexp(logits, dim=1).tolist(), abs=1e-6)
@@ -138,19 +138,21 @@ def test_select_eikd_uses_the_configured_score(tmp_path: Path) -> None:
 
 def test_select_keep_fraction_sets_the_total(pool: PoolScores) -> None:
     for fraction, expected in [(0.25, 3), (0.75, 9), (1.0, 12), (0.01, 1)]:
-        selection = select(pool, CLASSES, SelectionConfig(keep_fraction=fraction, holdout_fraction=0.0))
+        selection = select(pool, CLASSES, SelectionConfig(sampler="top", keep_fraction=fraction, holdout_fraction=0.0))
         assert int(selection.selected.sum()) == expected, fraction
 
 
 def test_select_kd_selects_everything(pool: PoolScores) -> None:
-    selection = select(pool, CLASSES, SelectionConfig(keep_fraction=0.5, holdout_fraction=0.0), method="kd")
+    selection = select(
+        pool, CLASSES, SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.0), method="kd"
+    )
     assert selection.selected.all()
     assert [c["quota"] for c in selection.per_class] == [None, None, None]
     assert selection.to_json()["classes_below_quota"] == []
 
 
 def test_select_random_same_size_as_eikd_and_deterministic(pool: PoolScores) -> None:
-    config = SelectionConfig(keep_fraction=0.5, holdout_fraction=0.0)
+    config = SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.0)
     eikd = select(pool, CLASSES, config, method="eikd")
     picks = []
     for seed in range(6):
@@ -168,7 +170,7 @@ def test_select_random_same_size_as_eikd_with_dedup(tmp_path: Path) -> None:
     logits = class_logits([(0, 1.0 + i * 0.1) for i in range(8)] + [(1, 1.0 + i * 0.1) for i in range(8)], classes=2)
     embeddings = torch.cat([torch.tensor([[1.0] + [0.0] * 9]).repeat(8, 1), torch.eye(10)[2:]])
     pool = make_pool(tmp_path, logits, embeddings)
-    config = SelectionConfig(keep_fraction=0.5, holdout_fraction=0.0, dedup_threshold=0.99)
+    config = SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.0, dedup_threshold=0.99)
     eikd = select(pool, ("a", "b"), config, method="eikd")
     random = select(pool, ("a", "b"), config, method="random")
     assert int(random.selected.sum()) == int(eikd.selected.sum())
@@ -190,7 +192,7 @@ def test_select_eikd_dedup_drops_duplicates(tmp_path: Path) -> None:
         ]
     )
     pool = make_pool(tmp_path, logits, embeddings)
-    config = SelectionConfig(keep_fraction=4 / 6, holdout_fraction=0.0, dedup_threshold=0.95)
+    config = SelectionConfig(sampler="top", keep_fraction=4 / 6, holdout_fraction=0.0, dedup_threshold=0.95)
     selection = select(pool, ("a", "b"), config)
     assert np.flatnonzero(selection.selected).tolist() == [0, 2, 3, 4]
 
@@ -199,7 +201,7 @@ def test_select_dfnd_takes_global_top_confidence_unbalanced(tmp_path: Path) -> N
     # all of class "a" is more confident than anything else; dfnd ignores balance and the configured score
     spec = [(0, 9.0), (1, 1.0), (0, 8.0), (2, 2.0), (0, 7.0), (1, 1.5), (2, 0.5), (1, 0.1)]
     pool = make_pool(tmp_path, class_logits(spec))
-    config = SelectionConfig(keep_fraction=3 / 8, holdout_fraction=0.0, score="energy")
+    config = SelectionConfig(sampler="top", keep_fraction=3 / 8, holdout_fraction=0.0, score="energy")
     dfnd = select(pool, CLASSES, config, method="dfnd")
     assert np.flatnonzero(dfnd.selected).tolist() == [0, 2, 4]
     assert dfnd.score.tolist() == pytest.approx(dfnd.confidence.tolist())
@@ -208,7 +210,7 @@ def test_select_dfnd_takes_global_top_confidence_unbalanced(tmp_path: Path) -> N
 
 
 def test_select_unbalanced_eikd_is_global_top(pool: PoolScores) -> None:
-    config = SelectionConfig(keep_fraction=0.5, holdout_fraction=0.0, balance=False)
+    config = SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.0, balance=False)
     selection = select(pool, CLASSES, config)
     strengths = np.array([s for _, s in POOL_SPEC])
     assert sorted(np.flatnonzero(selection.selected).tolist()) == sorted(np.argsort(-strengths)[:6].tolist())
@@ -270,7 +272,9 @@ def test_drop_near_duplicates() -> None:
 def test_holdout_split_is_stratified_and_disjoint(tmp_path: Path) -> None:
     spec = [(i % 2, 1.0 + i * 0.01) for i in range(40)]  # 20 of each class
     pool = make_pool(tmp_path, class_logits(spec, classes=2), torch.randn(40, 4))
-    selection = select(pool, ("a", "b"), SelectionConfig(keep_fraction=1.0, holdout_fraction=0.25), seed=3)
+    selection = select(
+        pool, ("a", "b"), SelectionConfig(sampler="top", keep_fraction=1.0, holdout_fraction=0.25), seed=3
+    )
     train, holdout = set(selection.train_indices.tolist()), set(selection.holdout_indices.tolist())
     assert not train & holdout
     assert train | holdout == set(np.flatnonzero(selection.selected).tolist())
@@ -281,7 +285,7 @@ def test_holdout_split_is_stratified_and_disjoint(tmp_path: Path) -> None:
 
 
 def test_holdout_split_roughly_fraction_of_selected(pool: PoolScores) -> None:
-    selection = select(pool, CLASSES, SelectionConfig(keep_fraction=1.0, holdout_fraction=0.3), seed=0)
+    selection = select(pool, CLASSES, SelectionConfig(sampler="top", keep_fraction=1.0, holdout_fraction=0.3), seed=0)
     # per class: round(0.3·6)=2, b has a single member (stays in train), round(0.3·5)=2
     assert len(selection.holdout_indices) == 4
     assert len(selection.train_indices) == 8
@@ -294,7 +298,9 @@ def test_holdout_never_leaves_train_empty(tmp_path: Path, fraction: float) -> No
     for spec in ([(0, 1.0)], [(0, 1.0), (0, 2.0)], [(0, 1.0), (1, 2.0)], [(0, 1.0 + i) for i in range(5)]):
         pool = make_pool(tmp_path, class_logits(spec, classes=2))
         for keep in (0.01, 1.0):
-            selection = select(pool, ("a", "b"), SelectionConfig(keep_fraction=keep, holdout_fraction=fraction))
+            selection = select(
+                pool, ("a", "b"), SelectionConfig(sampler="top", keep_fraction=keep, holdout_fraction=fraction)
+            )
             assert len(selection.train_indices) >= 1
             assert len(selection.train_indices) + len(selection.holdout_indices) == int(selection.selected.sum())
 
@@ -303,7 +309,7 @@ def test_holdout_never_leaves_train_empty(tmp_path: Path, fraction: float) -> No
 
 
 def test_to_json_shape_and_serialisable(pool: PoolScores) -> None:
-    selection = select(pool, CLASSES, SelectionConfig(keep_fraction=0.5, holdout_fraction=0.34), seed=1)
+    selection = select(pool, CLASSES, SelectionConfig(sampler="top", keep_fraction=0.5, holdout_fraction=0.34), seed=1)
     report = selection.to_json()
     for key in (
         "method",

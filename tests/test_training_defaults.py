@@ -116,12 +116,12 @@ def test_noise_transition_stays_put_under_the_optimizer_without_gradient() -> No
 @pytest.mark.parametrize(
     ("method", "setting", "name"),
     [
-        ("kd", "selection.sampler=odsd", "selection.sampler"),
+        ("kd", "selection.sampler=top", "selection.sampler"),
         ("kd", "selection.keep_fraction=0.3", "selection.keep_fraction"),
         ("kd", "loss.feature.enabled=false", "loss.feature"),
         ("dfnd", "loss.class_drop.mass=0.5", "loss.class_drop"),
         ("dfnd", "selection.score=energy", "selection.score"),
-        ("random", "selection.sampler=odsd", "selection.sampler"),
+        ("random", "selection.sampler=top", "selection.sampler"),
     ],
 )
 def test_options_the_method_ignores_are_refused_in_one_line(
@@ -135,9 +135,9 @@ def test_options_the_method_ignores_are_refused_in_one_line(
     assert not (tmp_path / "r").exists()
 
 
-def test_the_odsd_flag_with_kd_is_refused(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
+def test_the_select_flag_with_kd_is_refused(tmp_path: Path, script_teacher: Path, digit_images: Path) -> None:
     args = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(tmp_path / "r"),
-            "--method", "kd", "--select", "odsd"]  # fmt: skip
+            "--method", "kd", "--select", "top"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "ignores selection.sampler" in result.output
 
@@ -201,3 +201,15 @@ def test_precise_batchnorm_makes_eval_outputs_match_what_the_student_learned() -
     after = gap()
     assert before > 0.5 and after < 0.05, (before, after)
     assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_a_selection_score_under_the_odsd_sampler_is_refused(
+    tmp_path: Path, script_teacher: Path, digit_images: Path
+) -> None:
+    """ODSD samples by closeness: a score setting would be silently ignored, so it is refused instead."""
+    args = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(tmp_path / "r"),
+            "--set", "selection.score=energy"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "selection.score is read by selection.sampler=top only" in result.output
+    assert not (tmp_path / "r").exists()
+    assert load_recipe(None, ["selection.sampler=top", "selection.score=energy"]).selection.score == "energy"

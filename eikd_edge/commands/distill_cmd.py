@@ -29,8 +29,8 @@ from eikd_edge.errors import EikdError
 
 # Defaults that come from the recipe, as `--help` shows them (tests/test_help.py checks them against Recipe()).
 DEFAULT_METHOD = "eikd"
-DEFAULT_SAMPLER = "top"
-DEFAULT_RELATION = "kl"
+DEFAULT_SAMPLER = "odsd"
+DEFAULT_RELATION = "contrastive"
 DEFAULT_CURRICULUM = "none"
 DEFAULT_STUDENT = "cifar_resnet8"
 
@@ -43,8 +43,8 @@ Sampler = Annotated[
     str | None,
     typer.Option(
         "--select",
-        metavar="top|odsd",
-        help="top: class-balanced top-scored (EIKD) | odsd: sampled by closeness (ODSD).",
+        metavar="odsd|top",
+        help="odsd: sampled by closeness to the teacher's data (ODSD) | top: class-balanced most confident (EIKD).",
         show_default=DEFAULT_SAMPLER,
     ),
 ]
@@ -133,8 +133,8 @@ def distill_command(
         str | None,
         typer.Option(
             "--relation",
-            metavar="kl|contrastive",
-            help="kl: EIKD relation matrix | contrastive: ODSD denoised.",
+            metavar="contrastive|kl",
+            help="contrastive: ODSD denoised | kl: EIKD relation matrix.",
             show_default=DEFAULT_RELATION,
         ),
     ] = None,
