@@ -24,6 +24,7 @@ from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.export.trt_checks import engine_failure_status
 from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
+from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
 DEFAULT_GATE = 0.99
@@ -189,7 +190,7 @@ def _teacher_logits(teacher: Any, images: torch.Tensor) -> np.ndarray:
 
 
 def validate_run(
-    run: RunPaths,
+    root: Path,
     images_dir: Path | None = None,
     gate: float = DEFAULT_GATE,
     val_dir: Path | None = None,
@@ -197,7 +198,21 @@ def validate_run(
     limit: int = MAX_IMAGES,
     trust_pickle: bool = False,
 ) -> ValidationResult:
-    """Check every artifact in export.json; write validate.json and each artifact's parity into export.json."""
+    """Check every artifact in export.json; write validate.json and each artifact's parity into export.json,
+    holding the run folder's lock (one writer at a time, as `eikd-edge validate`)."""
+    with writing_run(Path(root), "validate") as run:
+        return _validate(run, images_dir, gate, val_dir, threads, limit, trust_pickle)
+
+
+def _validate(
+    run: RunPaths,
+    images_dir: Path | None,
+    gate: float,
+    val_dir: Path | None,
+    threads: int,
+    limit: int,
+    trust_pickle: bool,
+) -> ValidationResult:
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     ckpt = load_student(run.student)

@@ -32,12 +32,15 @@ from eikd_edge.export.record import merge_record, read_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import OnnxPredictor, TensorRTPredictor
 from eikd_edge.validate import DEFAULT_GATE, MAX_IMAGES, Reference, gate_reason, parity, reference_outputs
 
 
 @dataclass(frozen=True)
 class ExportRequest:
+    """What `export_run` builds; the FP32 ONNX model is built anyway when it is missing or from another student."""
+
     onnx: bool = False
     int8: bool = False
     trt_precisions: tuple[str, ...] = ()
@@ -114,7 +117,13 @@ class _Context:
 
 
 def export_run(root: Path, request: ExportRequest) -> ExportResult:
-    run = RunPaths(Path(root))
+    """Build the requested artifacts of the run in `root`, parity-test each and merge them into export.json,
+    holding the run folder's lock (one writer at a time, as `eikd-edge export`)."""
+    with writing_run(Path(root), "export") as run:
+        return _export(run, request)
+
+
+def _export(run: RunPaths, request: ExportRequest) -> ExportResult:
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     target = load_target(request.target)
