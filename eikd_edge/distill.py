@@ -53,6 +53,8 @@ from eikd_edge.ui import progress_bar, show_progress
 
 @dataclass(frozen=True)
 class DistillInputs:
+    """What `distill` reads: the teacher file, the unlabeled field folder and an optional labeled val folder."""
+
     teacher: Path
     unlabeled: Path | None  # None: data-free, synthetic images only (recipe synthesis.count > 0)
     val: Path | None = None

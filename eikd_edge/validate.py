@@ -29,6 +29,7 @@ from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.export.trt_checks import engine_failure_status
 from eikd_edge.formats import FORMATS, get_format
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
 
@@ -56,7 +57,7 @@ class ValidationResult:
 
 
 def validate_run(
-    run: RunPaths,
+    root: Path,
     images_dir: Path | None = None,
     gate: float = DEFAULT_GATE,
     val_dir: Path | None = None,
@@ -64,7 +65,21 @@ def validate_run(
     limit: int = MAX_IMAGES,
     trust_pickle: bool = False,
 ) -> ValidationResult:
-    """Check every artifact in export.json; write validate.json and each artifact's parity into export.json."""
+    """Check every artifact in export.json; write validate.json and each artifact's parity into export.json,
+    holding the run folder's lock (one writer at a time, as `eikd-edge validate`)."""
+    with writing_run(Path(root), "validate") as run:
+        return _validate(run, images_dir, gate, val_dir, threads, limit, trust_pickle)
+
+
+def _validate(
+    run: RunPaths,
+    images_dir: Path | None,
+    gate: float,
+    val_dir: Path | None,
+    threads: int,
+    limit: int,
+    trust_pickle: bool,
+) -> ValidationResult:
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     ckpt = load_student(run.student)

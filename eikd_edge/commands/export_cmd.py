@@ -92,7 +92,6 @@ def export(
     from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
     from eikd_edge.export.pipeline import export_run
     from eikd_edge.export.quantize import QAD_MODES
-    from eikd_edge.runfolder import writing_run
 
     if (fp16 or fp32) and not trt:
         raise EikdError("--fp16/--fp32 choose TensorRT precisions: add --trt")
@@ -122,8 +121,7 @@ def export(
         trust_pickle,
         qad,
     )
-    with writing_run(run, "export"):
-        result = export_run(run, request)
+    result = export_run(run, request)  # holds the run folder's lock
     _print(result)
     failed = [o for o in result.outcomes if o.status == "failed"]
     gated = [o for o in result.outcomes if o.status == "failed_gate"]

@@ -68,8 +68,7 @@ def validate(
             names = ", ".join(f"{e.name} ({e.reason})" for e in failed)
             raise GateFailed(f"{len(failed)} engine(s) failed validation on the device: {names}")
         return
-    with writing_run(run, "validate"):
-        result = validate_run(RunPaths(run), images, gate, val, threads, limit, trust_pickle)
+    result = validate_run(run, images, gate, val, threads, limit, trust_pickle)  # holds the run folder's lock
     _print(result)
     if result.failed:
         names = ", ".join(f"{c.name} ({c.reason})" for c in result.failed)

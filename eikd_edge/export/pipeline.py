@@ -33,11 +33,14 @@ from eikd_edge.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format,
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.ort_session import session
 from eikd_edge.run import RunPaths
+from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import OnnxPredictor, TensorRTPredictor
 
 
 @dataclass(frozen=True)
 class ExportRequest:
+    """What `export_run` builds; the FP32 ONNX model is built anyway when it is missing or from another student."""
+
     onnx: bool = False
     int8: bool = False
     trt_precisions: tuple[str, ...] = ()
@@ -114,7 +117,13 @@ class _Context:
 
 
 def export_run(root: Path, request: ExportRequest) -> ExportResult:
-    run = RunPaths(Path(root))
+    """Build the requested artifacts of the run in `root`, parity-test each and merge them into export.json,
+    holding the run folder's lock (one writer at a time, as `eikd-edge export`)."""
+    with writing_run(Path(root), "export") as run:
+        return _export(run, request)
+
+
+def _export(run: RunPaths, request: ExportRequest) -> ExportResult:
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     target = load_target(request.target)
