@@ -53,12 +53,16 @@ def nested_subsets(field: Path, fractions: list[float], work: Path) -> dict[floa
     return out
 
 
-def plan(fractions: list[float], synthesize: list[int]) -> list[tuple[str, float, int, list[str]]]:
-    """(row, fraction, synthetic images, overrides) of every run for one seed."""
+def plan(
+    fractions: list[float], synthesize: list[int], reused: frozenset[str] = frozenset()
+) -> list[tuple[str, float, int, list[str]]]:
+    """(row, fraction, synthetic images, overrides) of every run for one seed; whole-pool rows named in `reused`
+    come from a benchmarks.quality run instead (the same slice, pool, defaults and seed: the same run)."""
     synth = [f"synthesis.steps={SYNTHESIS_STEPS}"]
     runs: list[tuple[str, float, int, list[str]]] = []
     for fraction in fractions:
-        runs += [("eikd", fraction, 0, []), ("kd", fraction, 0, ["method=kd"])]
+        plain = [("eikd", fraction, 0, []), ("kd", fraction, 0, ["method=kd"])]
+        runs += [run for run in plain if not (fraction >= 1.0 and run[0] in reused)]
         runs += [("eikd + synthesis", fraction, n, [f"synthesis.count={n}", *synth]) for n in synthesize[:1]]
     runs += [("synthesis only", 0.0, n, [f"synthesis.count={n}", *synth]) for n in synthesize]
     return runs
@@ -121,11 +125,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="synthetic image counts; the first is also added to each pool")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override added to every run (e.g. train.steps=50 for a smoke run)")  # fmt: skip
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="a benchmarks.quality JSON of the same task whose eikd/kd rows at defaults are the "
+                             "whole-pool points (not run again)")  # fmt: skip
     parser.add_argument("--slice", type=float, default=0.15, help="share of the pool held out for slice agreement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/scarce-TASK.json)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default benchmarks/plots/scarce-TASK.png)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="run nothing: join these JSONs (e.g. one per seed, run side by side), write the "
+                             "table, the plot and --out")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.merge:
+        merge(
+            args.merge, args.out or RESULTS / f"scarce-{args.task}.json", args.plot or PLOTS / f"scarce-{args.task}.png"
+        )
+        return
     os.environ.setdefault("EIKD_NO_PROGRESS", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,8 +155,12 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(), "seeds": args.seeds, "teacher": task.manifest["teacher"], "slice": cut.describe(),
         "subsets": {f"{f:g}": n for f, (_, n) in subsets.items()}, "runs": runs,
     }  # fmt: skip
+    reused = reused_runs(args.reuse, args.seeds, subsets.get(1.0, (None, 0))[1], args.slice) if args.reuse else []
+    for run in reused:
+        runs.append(run)
+    reused_rows = frozenset(r["row"].split(" | ")[0] for r in reused)
     for seed in args.seeds:
-        for row, fraction, synthetic, overrides in plan(sorted(subsets, reverse=True), args.synthesize):
+        for row, fraction, synthetic, overrides in plan(sorted(subsets, reverse=True), args.synthesize, reused_rows):
             folder, count = subsets[fraction] if fraction > 0 else (None, 0)
             result = run_engine(task, folder, [*overrides, *args.overrides], seed, work / "run", cut)
             shutil.rmtree(work / "run", ignore_errors=True)
@@ -155,6 +174,37 @@ def main(argv: list[str] | None = None) -> None:
     print(table(summary))
     plot(summary, args.plot or PLOTS / f"scarce-{args.task}.png")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def reused_runs(path: Path, seeds: list[int], count: int, fraction: float) -> list[dict[str, Any]]:
+    """The eikd and kd runs at defaults of a benchmarks.quality JSON as whole-pool rows, checked to be comparable."""
+    data = json.loads(path.read_text())
+    if data["slice"]["fraction"] != fraction:
+        raise SystemExit(f"{path}: its slice is {data['slice']['fraction']}, this run's {fraction}")
+    out = []
+    for run in data["runs"]:
+        if run["row"] in ("eikd", "kd") and run["mode"] == "defaults" and run["seed"] in seeds:
+            kept = {k: v for k, v in run.items() if k not in ("metrics", "row", "mode")}
+            out.append({**kept, "row": f"{run['row']} | {count} | 0", "mode": "defaults", "field_images": count,
+                        "synthetic": 0, "reused_from": str(path)})  # fmt: skip
+    return out
+
+
+def merge(paths: list[Path], out_json: Path, out_png: Path) -> None:
+    """One summary from several runs of this script on the same task (a run's duplicate seeds are dropped)."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    summary, seen, runs = dict(parts[0]), set(), []
+    for part in parts:
+        for run in part["runs"]:
+            key = (run["row"], run["seed"])
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+    summary.update(runs=runs, seeds=sorted({r["seed"] for r in runs}), merged_from=[str(p) for p in paths])
+    summary["rows"] = [_split_key(r) for r in summarize(runs)]
+    out_json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(table(summary))
+    plot(summary, out_png)
 
 
 def _split_key(row: dict[str, Any]) -> dict[str, Any]:
