@@ -106,9 +106,15 @@ def distill_vs_plain(teacher, recipe, device, images, t_logits, t_embed, steps: 
             "plain_kd_img_s": plain_kd_ips, "ratio_vs_plain_kd": distill_ips / plain_kd_ips}  # fmt: skip
 
 
-def selection_vs_inference(teacher, pool: Path, device: torch.device, batch: int) -> dict[str, float]:
-    score_pool(teacher, pool, device, batch)  # warm-up: first-call costs (threads, allocator) are not the method's
-    scores = score_pool(teacher, pool, device, batch)  # no cache: a full pass
+def selection_vs_inference(
+    teacher, pool: Path, device: torch.device, batch: int, bn_deviation: bool = False
+) -> dict[str, float]:
+    """`bn_deviation`: the pass also measures each image's distance to the BatchNorm statistics, as ODSD's
+    sampling (the default) asks of it."""
+    score_pool(
+        teacher, pool, device, batch, bn_deviation=bn_deviation
+    )  # warm-up: first-call costs are not the method's
+    scores = score_pool(teacher, pool, device, batch, bn_deviation=bn_deviation)  # no cache: a full pass
     selection_ips = len(scores.paths) / scores.seconds
     from eikd_edge.data import DecodeReport, iter_decoded, scan_images
 
@@ -181,7 +187,8 @@ def main() -> None:
     recipe = load_recipe(None, overrides)
     device = resolve_device(recipe.train.device)
     teacher = load_teacher(args.teacher).to(device)
-    sel = selection_vs_inference(teacher, args.pool, device, recipe.selection.batch_size)
+    odsd = recipe.selection.sampler == "odsd" and recipe.method == "eikd"
+    sel = selection_vs_inference(teacher, args.pool, device, recipe.selection.batch_size, odsd)
     scores = score_pool(teacher, args.pool, device, recipe.selection.batch_size)
     from eikd_edge.data import DecodeReport, iter_decoded
 

@@ -34,4 +34,8 @@ step 07-validate validate runs/quickstart --val $ex/val
 step 08-bench bench runs/quickstart
 step 09-report report runs/quickstart
 cp "$work/runs/quickstart/report.md" "$out/10-report.md" 2>/dev/null || true
+# the README's Python API example, exactly as written there
+sed -n '/^## Python API/,/^## /p' README.md | sed -n '/^```python$/,/^```$/p' | sed '1d;$d' > "$work/api_example.py"
+(cd "$work" && "$repo/.venv/bin/python" api_example.py 2>&1; echo "(exit $?)") | sed -e "s#$work/##g" > "$out/11-python-api.txt"
+echo "wrote $out/11-python-api.txt"
 rm -rf "$work"
