@@ -13,11 +13,13 @@ def register_all(app: typer.Typer) -> None:
         inspect_cmd,
         models_cmd,
         report_cmd,
+        select_cmd,
         synthesize_cmd,
         validate_cmd,
     )
 
     for module in (
+        select_cmd,
         distill_cmd,
         synthesize_cmd,
         export_cmd,

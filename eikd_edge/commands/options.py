@@ -186,3 +186,25 @@ def resolve_threads(threads: int) -> int:
     if threads:
         return threads
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+DEFAULT_SAMPLER = "odsd"  # the recipe's default, as `--help` shows it (tests/test_help.py checks it)
+
+Unlabeled = Annotated[Path, typer.Option("--unlabeled", "-u", help="Folder of unlabeled field images (recursive).")]
+MaybeUnlabeled = Annotated[
+    Path | None,
+    typer.Option("--unlabeled", "-u", help="Folder of unlabeled field images (recursive); optional with --synthesize."),
+]
+Sampler = Annotated[
+    str | None,
+    typer.Option(
+        "--select",
+        metavar="odsd|top",
+        help="odsd: sampled by closeness to the teacher's data (ODSD) | top: class-balanced most confident (EIKD).",
+        show_default=DEFAULT_SAMPLER,
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")]
+RecipeFile = Annotated[
+    Path | None, typer.Option("--recipe", help="Recipe YAML (see recipes/).", show_default="recipes/default.yaml")
+]
