@@ -10,8 +10,6 @@ from eikd_edge.errors import EikdError
 from eikd_edge.export.record import read_record
 from eikd_edge.run import RunPaths, read_json
 
-VALIDATE_FILE = "validate.json"
-
 
 def first(*values: Any) -> Any:
     """The first value that is not None: a later source fills in only what an earlier one lacks."""
@@ -28,7 +26,7 @@ def optional_json(path: Path) -> dict[str, Any]:
 
 def model_quality(run: RunPaths) -> dict[str, dict[str, Any]]:
     """Per model ("teacher", "pytorch", each artifact): agreement, top-1, gate, gate_passed and status."""
-    validated = optional_json(run.root / VALIDATE_FILE)
+    validated = optional_json(run.validation)
     metrics = optional_json(run.metrics)
     checked = validated.get("artifacts") or {}
     out: dict[str, dict[str, Any]] = {}

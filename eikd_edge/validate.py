@@ -111,7 +111,7 @@ def _validate(
         "notes": ref.notes,
         "passed": not any(c.status in ("failed_gate", "failed") for c in checks),
     }
-    path = write_json_atomic(run.root / "validate.json", summary)
+    path = write_json_atomic(run.validation, summary)
     return ValidationResult(checks, ref, gate, summary, path)
 
 

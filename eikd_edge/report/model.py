@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eikd_edge import __version__
-from eikd_edge.bench import BENCH_FILE, BenchResult
+from eikd_edge.bench import BenchResult
 from eikd_edge.checkpoint import load_student
 from eikd_edge.data import confined
 from eikd_edge.errors import EikdError
@@ -22,8 +22,8 @@ from eikd_edge.export.record import read_record
 from eikd_edge.formats import FORMATS
 from eikd_edge.models.zoo import count_macs, count_parameters
 from eikd_edge.report.confusion import ConfusionSection, build_confusion
-from eikd_edge.run import RunPaths, TeacherChanged, read_json, read_resolved
-from eikd_edge.run_results import VALIDATE_FILE, model_quality
+from eikd_edge.run import NAMES, RunPaths, TeacherChanged, read_json, read_resolved
+from eikd_edge.run_results import model_quality
 from eikd_edge.selection_file import read_selection
 
 SCHEMA = "eikd-edge/report"
@@ -169,19 +169,19 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
     ckpt = load_student(run.student) if run.student.is_file() else None
     selection_json = read_selection(run) if run.selection.is_file() else None
     if selection_json is None:
-        notes.append("selection.json not found")
+        notes.append(f"{run.selection.name} not found")
     else:
         _confine_paths(run, selection_json)
     if ckpt is None:
         notes.append(
-            "no student.pt: this folder holds a selection only; `eikd-edge distill` trains the student, then "
+            f"no {run.student.name}: this folder holds a selection only; `eikd-edge distill` trains the student, then "
             "export, validate and bench add their sections to this report"
         )
     stage_notes = notes if ckpt else []  # without a student the later stages cannot have run: one note says so
-    missing_metrics = "metrics.json not found: run `eikd-edge distill` to get training curves"
+    missing_metrics = f"{run.metrics.name} not found: run `eikd-edge distill` to get training curves"
     metrics = _optional(run.metrics, stage_notes, missing_metrics)
-    validation = _optional(run.root / VALIDATE_FILE, stage_notes, f"not validated: run `eikd-edge validate {run.root}`")
-    bench_json = _optional(run.root / BENCH_FILE, stage_notes, f"no benchmark: run `eikd-edge bench {run.root}`")
+    validation = _optional(run.validation, stage_notes, f"not validated: run `eikd-edge validate {run.root}`")
+    bench_json = _optional(run.bench, stage_notes, f"no benchmark: run `eikd-edge bench {run.root}`")
     export = read_record(run) if run.export_record.is_file() else None
     if export is None and ckpt is not None:
         notes.append(f"nothing exported: run `eikd-edge export {run.root} --onnx --int8`")
@@ -190,7 +190,7 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
         try:
             bench = BenchResult.model_validate(bench_json)
         except ValidationError:
-            notes.append(f"{BENCH_FILE} is from another eikd-edge version: re-run `eikd-edge bench {run.root}`")
+            notes.append(f"{run.bench.name} is from another eikd-edge version: re-run `eikd-edge bench {run.root}`")
     notes += slower_int8_notes(export, bench)
     section = None
     if confusion and ckpt is not None:
@@ -307,7 +307,7 @@ def _novel(data: dict[str, Any], notes: list[str]) -> NovelSection | None:
     try:
         return NovelSection.model_validate(data["novel"])
     except ValidationError:
-        notes.append("selection.json's novel-sample entry is from another eikd-edge version: not shown")
+        notes.append(f"{NAMES.selection.name}'s novel-sample entry is from another eikd-edge version: not shown")
         return None
 
 
