@@ -34,7 +34,6 @@ from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.run_results import model_quality
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
-BENCH_FILE = "bench.json"
 BACKENDS = ("torch", "ort", "ort-int8", "trt")
 QUALITY_KEYS = ("agree_teacher", "agree_student", "top1", "gate_passed")
 EXPORT_HINT = {"ort": "--onnx", "ort-int8": "--int8", "trt": "--trt"}
@@ -196,7 +195,7 @@ def bench_run(run: RunPaths, options: BenchOptions) -> BenchResult:
         rows=rows,
         preprocess=preprocess,
     )
-    write_json_atomic(run.root / BENCH_FILE, result.model_dump(mode="json"))
+    write_json_atomic(run.bench, result.model_dump(mode="json"))
     return result
 
 

@@ -21,10 +21,11 @@ from PIL import Image, ImageOps
 from eikd_edge import preprocess
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
+from eikd_edge.run import NAMES
 
 Target = tuple[int, int] | InputSpec  # a spec brings its resize policy; a plain (H, W) means preprocess.legacy
 
-RUN_MARKER = "recipe.resolved.yaml"  # in a folder: maybe an eikd-edge run folder, never field images
+RUN_MARKER = NAMES.recipe.name  # in a folder: maybe an eikd-edge run folder, never field images
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 64_000_000  # larger declared sizes are treated as decompression bombs
 TOO_LARGE = "too large (decompression bomb?)"

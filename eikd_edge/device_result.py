@@ -133,7 +133,7 @@ def import_device_result(run: RunPaths, path: Path) -> DeviceResult:
         )
     entries = {name: _entry(engine, result) for name, engine in result.engines.items()}
     merge_record(run, top={"device_results": entries})
-    summary_path = run.root / "validate.json"
+    summary_path = run.validation
     summary: dict[str, Any] = {}
     if summary_path.is_file():
         try:

@@ -233,7 +233,7 @@ def prepare_run_folder(
             raise EikdError(f"nothing to resume in {run.root}: it is not an eikd-edge run folder; drop --resume")
         if not run.train_state.is_file() and run.metrics.is_file():
             raise EikdError(
-                f"nothing to resume in {run.root}: the run finished (metrics.json is written; its training state "
+                f"nothing to resume in {run.root}: the run finished ({run.metrics.name} is written; its training state "
                 "was dropped, --keep-state keeps it); use --overwrite to run it again"
             )
         if not run.train_state.is_file():

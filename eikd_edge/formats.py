@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eikd_edge.errors import EikdError
+from eikd_edge.run import NAMES, RunPaths
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,11 @@ class Format:
     exported: bool = True  # False for the PyTorch student, which is the reference, not an export
 
     def path(self, run_root: Path) -> Path:
-        return run_root / "export" / self.file if self.exported else run_root / self.file
+        return RunPaths(run_root).export_dir / self.file if self.exported else run_root / self.file
 
 
 FORMATS: tuple[Format, ...] = (
-    Format("pytorch", "student.pt", "fp32", "torch", exported=False),
+    Format("pytorch", NAMES.student.name, "fp32", "torch", exported=False),
     Format("onnx", "student.onnx", "fp32", "onnxruntime"),
     Format("onnx-int8", "student.int8.onnx", "int8", "onnxruntime"),
     Format("trt-fp32", "student.engine", "fp32", "tensorrt"),

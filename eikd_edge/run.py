@@ -78,6 +78,11 @@ class RunPaths:
         return self.root / ".eikd-edge-previous"
 
 
+# The run folder's names alone (student.pt, export/export.json, ...): for matching and naming files, never for
+# opening them. Every other module takes a run-folder file name from RunPaths, this or a RunPaths of a real root.
+NAMES = RunPaths(Path())
+
+
 def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise EikdError(f"{what} not found: {path}")

@@ -3,14 +3,26 @@ export.json parity first, then validate.json, then the training-time numbers in 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from eikd_edge.errors import EikdError
-from eikd_edge.export.record import read_record
-from eikd_edge.run import RunPaths, read_json
+from eikd_edge.run import RunPaths
+from eikd_edge.run_files import (
+    AgreementFigures,
+    MetricsFile,
+    RunFile,
+    StudentCheck,
+    StudentFigures,
+    TeacherCheck,
+    TeacherFigures,
+    ValidationFile,
+    read_export,
+    read_metrics,
+    read_validation,
+)
 
-VALIDATE_FILE = "validate.json"
+File = TypeVar("File", bound=RunFile)
 
 
 def first(*values: Any) -> Any:
@@ -18,41 +30,41 @@ def first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-def optional_json(path: Path) -> dict[str, Any]:
-    """A JSON object, or {} when the file is missing or unreadable (an optional stage that did not run)."""
+def optional_file(read: Callable[[RunPaths], File], run: RunPaths) -> File | None:
+    """A run file, or None when it is missing or unreadable (an optional stage that did not run)."""
     try:
-        return read_json(path, path.name) if path.is_file() else {}
+        return read(run)
     except EikdError:
-        return {}
+        return None
 
 
 def model_quality(run: RunPaths) -> dict[str, dict[str, Any]]:
     """Per model ("teacher", "pytorch", each artifact): agreement, top-1, gate, gate_passed and status."""
-    validated = optional_json(run.root / VALIDATE_FILE)
-    metrics = optional_json(run.metrics)
-    checked = validated.get("artifacts") or {}
+    validated = optional_file(read_validation, run) or ValidationFile()
+    metrics = optional_file(read_metrics, run) or MetricsFile()
+    checked = validated.artifacts or {}
     out: dict[str, dict[str, Any]] = {}
-    for name, entry in read_record(run)["artifacts"].items():
-        check = checked.get(name) or {}
-        parity = entry.get("parity") or check.get("parity") or {}
+    for name, entry in read_export(run).artifacts.items():
+        check = checked.get(name)
+        parity = entry.parity or (check.parity if check else None) or {}
         out[name] = {
             "agree_teacher": parity.get("agree_teacher"),
             "agree_student": parity.get("agree_student"),
             "top1": parity.get("top1"),
             "gate": parity.get("gate"),
             "gate_passed": parity.get("passed"),
-            "status": first(check.get("status"), entry.get("status")),
+            "status": first(check.status if check else None, entry.status),
         }
-    student = validated.get("student") or {}
+    student = validated.student or StudentCheck()
     out["pytorch"] = {
-        "agree_teacher": first(student.get("agree_teacher"), (metrics.get("agreement") or {}).get("top1")),
+        "agree_teacher": first(student.agree_teacher, (metrics.agreement or AgreementFigures()).top1),
         "agree_student": 1.0,
-        "top1": first(student.get("top1"), (metrics.get("student") or {}).get("top1")),
+        "top1": first(student.top1, (metrics.student or StudentFigures()).top1),
         "status": "reference",
     }
     out["teacher"] = {
         "agree_teacher": 1.0,
-        "top1": first((validated.get("teacher") or {}).get("top1"), (metrics.get("teacher") or {}).get("top1")),
+        "top1": first((validated.teacher or TeacherCheck()).top1, (metrics.teacher or TeacherFigures()).top1),
         "status": "reference",
     }
     return out

@@ -33,35 +33,35 @@ from eikd_edge.formats import (
     build_record_path,
 )
 from eikd_edge.image_files import store_names
-from eikd_edge.run import RunPaths
+from eikd_edge.run import NAMES, RunPaths
 from eikd_edge.runlock import LOCK_NAME, run_lock
 
 ROOT_FILES = frozenset(
-    {
-        "student.pt",
-        "train_state.pt",
-        "metrics.json",
-        "selection.json",
-        "recipe.resolved.yaml",
-        "validate.json",
-        "bench.json",
-        "report.json",
-        "report.md",
-        "report.html",
-    }
+    path.name
+    for path in (
+        NAMES.student,
+        NAMES.train_state,
+        NAMES.metrics,
+        NAMES.selection,
+        NAMES.recipe,
+        NAMES.validation,
+        NAMES.bench,
+        *NAMES.reports,
+    )
 )
-CACHE_FILES = frozenset({"teacher_outputs.pt", "synthetic_outputs.pt"}) | store_names()
+CACHE_FILES = frozenset({NAMES.teacher_outputs.name, NAMES.synthetic_outputs.name}) | store_names()
 EXPORT_FILES = frozenset(
     {f.file for f in FORMATS if f.exported}
     | {build_record_path(Path(f.file)).name for f in FORMATS if f.backend == "tensorrt"}
-    | {"export.json", TRT_QDQ_ONNX, CALIBRATION_CACHE, TIMING_CACHE, BUILD_SCRIPT}
+    | {NAMES.export_record.name, TRT_QDQ_ONNX, CALIBRATION_CACHE, TIMING_CACHE, BUILD_SCRIPT}
     | set(TARGET_FILES)
     | {name + ".refused" for name in TARGET_FILES}
 )
 SYNTHETIC_MANIFEST = "synthesis.json"
 _SYNTHETIC_IMAGE = re.compile(r"^synth_\d+\.png$")
-_SUBFOLDERS = ("cache", "export", "synthetic")
-REUSABLE = ("cache", "synthetic")  # checked against the teacher/pool before reuse, so a new run may keep them
+_CACHE, _EXPORT, _SYNTHETIC = NAMES.cache.name, NAMES.export_dir.name, NAMES.synthetic.name
+_SUBFOLDERS = (_CACHE, _EXPORT, _SYNTHETIC)
+REUSABLE = (_CACHE, _SYNTHETIC)  # checked against the teacher/pool before reuse, so a new run may keep them
 MAX_RECIPE_BYTES = 1 << 20
 _INCOMPLETE = ".incomplete"  # in the journal: the folder's own files are still the old run's
 _DISCARD = ".eikd-edge-discard"
@@ -76,11 +76,11 @@ def owned(rel: PurePosixPath) -> bool:
     if len(parts) != 2:
         return False
     folder, name = parts
-    if folder == "cache":
+    if folder == _CACHE:
         return name in CACHE_FILES
-    if folder == "export":
+    if folder == _EXPORT:
         return name in EXPORT_FILES
-    if folder == "synthetic":
+    if folder == _SYNTHETIC:
         return name == SYNTHETIC_MANIFEST or bool(_SYNTHETIC_IMAGE.match(name))
     return False
 
@@ -104,7 +104,7 @@ def read_marker(root: Path) -> dict[str, Any] | None:
     """recipe.resolved.yaml when eikd-edge wrote it (parses, names eikd_edge_version), else None."""
     import yaml
 
-    path = Path(root) / "recipe.resolved.yaml"
+    path = RunPaths(Path(root)).recipe
     try:
         if not path.is_file() or path.stat().st_size > MAX_RECIPE_BYTES:
             return None
@@ -132,7 +132,7 @@ def folder_state(run: RunPaths) -> str:
 
 def refuse_foreign(run: RunPaths) -> None:
     raise EikdError(
-        f"{run.root} is not empty and is not an eikd-edge run folder (no recipe.resolved.yaml written by "
+        f"{run.root} is not empty and is not an eikd-edge run folder (no {run.recipe.name} written by "
         "eikd-edge); pick another --out"
     )
 

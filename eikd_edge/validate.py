@@ -24,11 +24,12 @@ from eikd_edge.export.parity import (
     reference_outputs,
     top1,
 )
-from eikd_edge.export.record import merge_record, read_record, status_for
+from eikd_edge.export.record import merge_record, status_for
 from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.export.trt_checks import engine_failure_status
 from eikd_edge.formats import FORMATS, get_format
 from eikd_edge.run import RunPaths
+from eikd_edge.run_files import ExportEntry, read_export
 from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import TorchPredictor, make_predictor
 
@@ -83,12 +84,12 @@ def _validate(
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
     ckpt = load_student(run.student)
-    entries = read_record(run)["artifacts"]
+    entries = read_export(run).artifacts
     if not entries:
         raise EikdError(f"nothing exported in {run.export_dir}; run `eikd-edge export {run.root} --onnx` first")
     for name, entry in entries.items():
-        if entry.get("status") != "failed" and not (run.export_dir / str(entry.get("path", ""))).is_file():
-            raise EikdError(f"{name}: {run.export_dir / str(entry.get('path'))} is missing; re-run `eikd-edge export`")
+        if entry.status != "failed" and not (run.export_dir / (entry.path or "")).is_file():
+            raise EikdError(f"{name}: {run.export_dir / str(entry.path)} is missing; re-run `eikd-edge export`")
     images = (
         folder_images(images_dir, ckpt.spec, limit) if images_dir else run_field_images(run, ckpt.spec, "parity", limit)
     )
@@ -111,17 +112,17 @@ def _validate(
         "notes": ref.notes,
         "passed": not any(c.status in ("failed_gate", "failed") for c in checks),
     }
-    path = write_json_atomic(run.root / "validate.json", summary)
+    path = write_json_atomic(run.validation, summary)
     return ValidationResult(checks, ref, gate, summary, path)
 
 
 def check_artifact(
-    run: RunPaths, name: str, entry: dict[str, Any], ckpt: StudentCheckpoint, ref: Reference, gate: float, threads: int
+    run: RunPaths, name: str, entry: ExportEntry, ckpt: StudentCheckpoint, ref: Reference, gate: float, threads: int
 ) -> ArtifactCheck:
     """Run one artifact on the reference images; a TensorRT engine that cannot run here is skipped, not failed."""
     fmt = get_format(name)
-    if entry.get("status") == "failed":
-        return ArtifactCheck(name, fmt.precision, fmt.backend, "failed", entry.get("reason") or "export failed", None)
+    if entry.status == "failed":
+        return ArtifactCheck(name, fmt.precision, fmt.backend, "failed", entry.reason or "export failed", None)
     if fmt.backend == "tensorrt" and (why := unavailable_reason()):
         return ArtifactCheck(name, fmt.precision, fmt.backend, "skipped", why, None)
     try:
@@ -131,7 +132,7 @@ def check_artifact(
         reason = str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:200]}"
         status = "failed"
         if fmt.backend == "tensorrt" and isinstance(exc, EikdError):
-            status, reason = engine_failure_status(entry.get("target"), reason)
+            status, reason = engine_failure_status(entry.target, reason)
         return ArtifactCheck(name, fmt.precision, fmt.backend, status, reason, None)
     reason = gate_reason(result)
     return ArtifactCheck(name, fmt.precision, fmt.backend, status_for(result.to_dict()), reason, result)

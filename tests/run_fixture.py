@@ -9,7 +9,6 @@ while the teacher, pool and labeled folder are shared read-only.
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -24,12 +23,15 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from eikd_edge.atomic import write_json_atomic
 from eikd_edge.checkpoint import save_student
-from eikd_edge.data import normalize, resize_center_crop
+from eikd_edge.config import SelectionConfig
+from eikd_edge.data import DecodeReport, normalize, resize_center_crop
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.models.zoo import build_model
 from eikd_edge.run import RunPaths
+from eikd_edge.run_files import ClassCount, ManifestEntry, SelectionFile, SelectionPool
 
 SPEC = InputSpec((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
 POOL = range(1500, 1548)  # 48 field images the teacher never trained on
@@ -184,7 +186,11 @@ def _build_run(root: Path) -> FixtureRun:
 
 
 def _write_selection(run: RunPaths, pool: Path, probs: torch.Tensor) -> None:
-    """40 of 48 selected (the most confident), every third selected image held out: 13-14 holdout images."""
+    """40 of 48 selected (the most confident), every third selected image held out: 13-14 holdout images.
+
+    Built from run_files.SelectionFile, in the shape `select` writes (Selection.to_json): EIKD's top-scored sampler
+    by confidence without class balance (keep_fraction 40/48), no agreement slice.
+    """
     confidence, predicted = probs.max(1)
     order = torch.argsort(confidence, descending=True).tolist()
     selected = set(order[:40])
@@ -193,18 +199,46 @@ def _write_selection(run: RunPaths, pool: Path, probs: torch.Tensor) -> None:
         is_selected = index in selected
         split = None if not is_selected else ("holdout" if rank % 3 == 2 else "train")
         manifest.append(
-            {
-                "path": f"{POOL[index]:04d}.png",
-                "predicted": SPEC.classes[int(predicted[index])],
-                "confidence": float(confidence[index]),
-                "score": float(confidence[index]),
-                "selected": is_selected,
-                "split": split,
-            }
+            ManifestEntry(
+                path=f"{POOL[index]:04d}.png",
+                predicted=SPEC.classes[int(predicted[index])],
+                confidence=float(confidence[index]),
+                score=float(confidence[index]),
+                selected=is_selected,
+                split=split,
+            )
         )
-    data = {
-        "pool": {"root": str(pool.resolve()), "files": len(POOL), "decoded": len(POOL)},
-        "classes": list(SPEC.classes),
-        "manifest": manifest,
-    }
-    run.selection.write_text(json.dumps(data, indent=2))
+    classes = [
+        ClassCount(
+            name=name,
+            candidates=sum(e.predicted == name for e in manifest),
+            quota=sum(e.predicted == name for e in manifest),  # without class balance a class may take them all
+            selected=sum(e.predicted == name and bool(e.selected) for e in manifest),
+            deficit=0,
+        )
+        for name in SPEC.classes
+    ]
+    settings = SelectionConfig(
+        sampler="top", keep_fraction=40 / 48, balance=False, holdout_fraction=0.33, agreement_fraction=0.0
+    )
+    selection = SelectionFile(
+        method="eikd",
+        sampler="top",
+        closeness_from=[],
+        settings=settings.model_dump(mode="json"),
+        pool=SelectionPool(
+            root=str(pool.resolve()),
+            files=len(POOL),
+            decoded=len(POOL),
+            skipped=DecodeReport().summary(),
+            scoring_s=0.0,
+        ),
+        selected_count=len(selected),
+        train_count=sum(e.split == "train" for e in manifest),
+        holdout_count=sum(e.split == "holdout" for e in manifest),
+        agreement_count=0,
+        classes=classes,
+        classes_below_quota=[],
+        manifest=manifest,
+    )
+    write_json_atomic(run.selection, selection.as_json)

@@ -18,6 +18,7 @@ from eikd_edge.report.confusion import Confusion
 from eikd_edge.report.model import SECTIONS, TrainingSection
 from eikd_edge.report.render_html import render_html
 from eikd_edge.report.render_markdown import render_markdown
+from eikd_edge.run_files import SelectionFile
 
 runner = CliRunner()
 FAST = ["train.epochs=2", "train.batch_size=16", "student.width=0.5", "selection.batch_size=64"]
@@ -125,6 +126,23 @@ def test_report_without_metrics_json(tmp_path_factory: pytest.TempPathFactory) -
     assert student.params and student.macs and student.size_bytes
     assert report.selection is not None and sum(c.selected for c in report.selection.classes) == 40
     assert "<h2>Training</h2>" in (fixture.root / "report.html").read_text()
+
+
+def test_the_fixture_writes_selection_json_in_the_shape_distill_writes(
+    run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """tests/run_fixture.py builds its selection.json from run_files.SelectionFile: the keys `distill` writes, nested
+    the same way, so the export, validate and report tests read the real format; the model reads a real file back
+    field for field, in the order it was written."""
+    real = json.loads((run / "selection.json").read_text())
+    made = json.loads(fresh_run(tmp_path_factory, "fixture-shape").run.selection.read_text())
+
+    def keys(data: dict) -> tuple[list[str], ...]:
+        pool, row, entry = data["pool"], data["classes"][0], data["manifest"][0]
+        return list(data), list(pool), list(pool["skipped"]), list(row), list(entry), list(data["settings"])
+
+    assert keys(made) == keys(real)
+    assert SelectionFile.model_validate(real).model_dump(mode="json", exclude_unset=True) == real
 
 
 def test_missing_thumbnails_are_skipped(run: Path, tmp_path: Path) -> None:

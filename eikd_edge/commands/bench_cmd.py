@@ -64,7 +64,7 @@ def bench(
     with writing_run(run, "bench"):
         result = bench_run(RunPaths(run), options)
     _print(result)
-    console.print(escape(f"written: {run / 'bench.json'}"), highlight=False)
+    console.print(escape(f"written: {RunPaths(run).bench}"), highlight=False)
 
 
 def _print(result: BenchResult) -> None:

@@ -13,6 +13,7 @@ from eikd_edge.console import console, err_console
 from eikd_edge.device_result import DeviceResult, import_device_result
 from eikd_edge.errors import GateFailed
 from eikd_edge.fitted_tables import print_fitted
+from eikd_edge.run import NAMES
 from eikd_edge.ui import pct
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def _print(result: ValidationResult) -> None:
             console.print(escape(f"  {check.name}: {check.reason}"), highlight=False)
     for note in result.reference.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    console.print(escape(f"written: {result.path} and export.json parity"), highlight=False)
+    console.print(escape(f"written: {result.path} and {NAMES.export_record.name} parity"), highlight=False)
 
 
 def _print_device(result: DeviceResult) -> None:
@@ -136,7 +137,10 @@ def _print_device(result: DeviceResult) -> None:
     for engine in result.engines.values():
         if engine.reason:
             console.print(escape(f"  {engine.name}: {engine.reason}"), highlight=False)
-    console.print("imported into export.json (device_results) and validate.json (device)", highlight=False)
+    console.print(
+        f"imported into {NAMES.export_record.name} (device_results) and {NAMES.validation.name} (device)",
+        highlight=False,
+    )
 
 
 def _sci(value: float) -> str:

@@ -14,8 +14,8 @@ from eikd_edge.data import DecodeReport, confined, iter_decoded, scan_images
 from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.run import RunPaths
+from eikd_edge.run_files import read_selection
 from eikd_edge.runfolder import read_marker
-from eikd_edge.selection_file import read_selection
 
 PARITY_SOURCE = "field pool (gate split)"
 TUNING_SHARE = 4  # one pool image in four tunes INT8 (calibration, sensitivity), the others grade it
@@ -37,16 +37,13 @@ class FieldImages:
 
 def read_manifest(run: RunPaths) -> tuple[Path, list[dict[str, Any]]]:
     """The pool root and the manifest entries of selection.json; every entry's path stays inside the root."""
-    data = read_selection(run)
-    pool = data.get("pool")
-    root = pool.get("root") if isinstance(pool, dict) else None
-    manifest = data.get("manifest")
-    if not root or not isinstance(root, str) or not isinstance(manifest, list):
+    selection = read_selection(run)
+    root = selection.pool.root if selection.pool else None
+    if not root or selection.manifest is None:
         raise EikdError(f"{run.selection} has no pool.root or manifest; re-run `eikd-edge select`/`distill`")
-    entries = [e for e in manifest if isinstance(e, dict) and "path" in e]
-    for entry in entries:
-        confined(Path(root), str(entry["path"]))
-    return absolute_root(run, Path(root)), entries
+    for entry in selection.manifest:
+        confined(Path(root), entry.path)
+    return absolute_root(run, Path(root)), [entry.model_dump(exclude_unset=True) for entry in selection.manifest]
 
 
 def absolute_root(run: RunPaths, root: Path) -> Path:

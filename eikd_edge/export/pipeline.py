@@ -27,12 +27,13 @@ from eikd_edge.export.parity import DEFAULT_GATE, MAX_IMAGES, Reference, gate_re
 from eikd_edge.export.qad import spare_field_images
 from eikd_edge.export.qdq_tensorrt import TensorRTQDQ, quantize_for_tensorrt
 from eikd_edge.export.quantize import choose_int8, run_logits
-from eikd_edge.export.record import merge_record, read_record, status_for
+from eikd_edge.export.record import merge_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
 from eikd_edge.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.ort_session import session
 from eikd_edge.run import RunPaths
+from eikd_edge.run_files import read_export
 from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import OnnxPredictor, TensorRTPredictor
 
@@ -178,11 +179,11 @@ def _stale_dependents(run: RunPaths, request: ExportRequest) -> list[str]:
     rebuilt = (
         {"onnx"} | ({"onnx-int8"} if request.int8 else set()) | {trt_format(p).name for p in request.trt_precisions}
     )
-    existing = read_record(run)["artifacts"]
+    existing = read_export(run).artifacts
     return [
         f"{name} was built from the previous student.onnx; export it again"
-        for name in existing
-        if name not in rebuilt and existing[name].get("status") != "failed"
+        for name, entry in existing.items()
+        if name not in rebuilt and entry.status != "failed"
     ]
 
 

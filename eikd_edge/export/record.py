@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
-from eikd_edge.errors import EikdError
 from eikd_edge.run import RunPaths
+from eikd_edge.run_files import read_export
 
 
 def read_record(run: RunPaths) -> dict[str, Any]:
-    """The current export.json, or an empty skeleton when nothing was exported yet."""
-    path = run.export_record
-    if not path.is_file():
-        return {"artifacts": {}, "target": None, "created_with": __version__}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EikdError(f"cannot read {path}: {exc}; delete it and export again") from None
-    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
-        raise EikdError(f"{path} is not an eikd-edge export record; delete it and export again")
-    return data
+    """The current export.json as a dict to merge into and write back (checked by run_files.read_export), or an
+    empty skeleton when nothing was exported yet."""
+    return read_export(run).as_json
 
 
 def merge_record(

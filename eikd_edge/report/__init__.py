@@ -21,8 +21,9 @@ def write_report(report: Report, run: RunPaths) -> list[Path]:
     from eikd_edge.report.render_html import render_html
     from eikd_edge.report.render_markdown import render_markdown
 
+    json_path, markdown_path, html_path = run.reports
     return [
-        write_json_atomic(run.root / "report.json", report.model_dump(mode="json")),
-        write_text_atomic(run.root / "report.md", display_name(render_markdown(report))),
-        write_text_atomic(run.root / "report.html", display_name(render_html(report))),
+        write_json_atomic(json_path, report.model_dump(mode="json")),
+        write_text_atomic(markdown_path, display_name(render_markdown(report))),
+        write_text_atomic(html_path, display_name(render_html(report))),
     ]

@@ -10,6 +10,7 @@ from typing import Any
 from eikd_edge.bench import BenchResult
 from eikd_edge.report import text as t
 from eikd_edge.report.model import MIN_ITERS, Report, failed_models
+from eikd_edge.run import NAMES
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ def verdict_line(report: Report) -> str:
 def selection_summary(report: Report) -> str:
     sel = report.selection
     if sel is None:
-        return "No selection.json."
+        return f"No {NAMES.selection.name}."
     pool = sel.pool
     skipped = pool.get("skipped") or {}
     reasons = ", ".join(f"{k}: {v}" for k, v in (skipped.get("by_reason") or {}).items())
@@ -337,7 +338,7 @@ def novel_summary(report: Report) -> str:
 def training_summary(report: Report) -> str:
     tr = report.training
     if tr is None:
-        return "No metrics.json."
+        return f"No {NAMES.metrics.name}."
     s = tr.summary
     return (
         f"Method {tr.method}: {s.get('epochs', '?')} epochs, {s.get('steps', '?')} steps, "
