@@ -144,7 +144,7 @@ def test_contrastive_relation_kind_is_used_and_needs_the_projector() -> None:
     student_logits, embedding, teacher_embedding, teacher_logits = _batch()
     recipe = load_recipe(None, ["loss.relation.kind=contrastive", "loss.feature.enabled=false"])
     assert uses_projector(recipe)
-    assert not uses_projector(load_recipe(None, ["loss.feature.enabled=false"]))
+    assert not uses_projector(load_recipe(None, ["loss.relation.kind=kl", "loss.feature.enabled=false"]))
     terms = distillation_loss(
         torch.nn.Module(), recipe, student_logits, embedding, embedding, teacher_logits, teacher_embedding
     )
