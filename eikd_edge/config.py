@@ -11,9 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eikd_edge.errors import EikdError
+from eikd_edge.methods import METHODS, SETTINGS
 from eikd_edge.safe_yaml import load_yaml_text
 
-Method = Literal["eikd", "kd", "random", "dfnd"]
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names, in its order
 MAX_SEED = 2**32 - 1  # what every RNG the tool seeds (torch, numpy) accepts, with room for per-epoch offsets
 MAX_WIDTH = 8.0  # a student 8x wider than its base is no longer compact; far beyond it allocation itself fails
 MAX_CROP_PAD = 64  # pixels; a larger pad makes most random crops mostly padding and costs memory quadratically
@@ -205,7 +206,8 @@ class Recipe(_Strict):
         if ignored:
             raise ValueError(f"method {self.method} ignores {', '.join(ignored)}; drop them or use --method eikd")
         default_score = SelectionConfig.model_fields["score"].default
-        if self.method == "eikd" and self.selection.sampler == "odsd" and self.selection.score != default_score:
+        odsd = METHODS[self.method].samples_by_odsd(self.selection.sampler)
+        if odsd and self.selection.score != default_score:
             raise ValueError("selection.score is read by selection.sampler=top only; add --select top to use it")
         return self
 
@@ -213,27 +215,14 @@ class Recipe(_Strict):
         return self.model_dump(mode="json")
 
 
-# settings that only some methods read: the rest must not be changed from the default, or the user is misled
-_USED_BY: dict[str, tuple[str, ...]] = {
-    "selection.sampler": ("eikd",),
-    "selection.odsd_temperature": ("eikd",),
-    "selection.score": ("eikd", "random"),
-    "selection.keep_fraction": ("eikd", "random", "dfnd"),
-    "selection.balance": ("eikd", "random", "dfnd"),
-    "selection.dedup_threshold": ("eikd", "random", "dfnd"),
-    "loss.class_drop": ("eikd", "random"),
-    "loss.feature": ("eikd", "random"),
-    "loss.relation": ("eikd", "random"),
-}
-
-
 def ignored_settings(recipe: Recipe) -> list[str]:
     """Dotted names of settings changed from their default that `recipe.method` never reads."""
     defaults = Recipe.model_construct().model_dump(mode="json")
     current = recipe.model_dump(mode="json")
     ignored = []
-    for dotted, methods in _USED_BY.items():
-        if recipe.method in methods:
+    method = METHODS[recipe.method]
+    for dotted in SETTINGS:  # the settings only some methods read (eikd_edge.methods)
+        if method.reads(dotted):
             continue
         section, name = dotted.split(".")
         if current[section][name] != defaults[section][name]:

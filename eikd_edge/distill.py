@@ -30,6 +30,7 @@ from eikd_edge.devices import resolve_device
 from eikd_edge.disk_images import DiskImages
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
+from eikd_edge.methods import METHODS
 from eikd_edge.models.pretrained import build_student
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
@@ -108,7 +109,7 @@ def run_selection(
     if inputs.unlabeled is None and recipe.synthesis.count == 0:
         raise EikdError("no training images: give --unlabeled DIR, or --synthesize N for data-free distillation")
     batch = recipe.selection.batch_size
-    want_bn = recipe.selection.sampler == "odsd" and recipe.method == "eikd"  # only ODSD's closeness reads them
+    want_bn = METHODS[recipe.method].samples_by_odsd(recipe.selection.sampler)  # only ODSD's closeness reads them
     pools: list[PoolScores] = []
     extras: dict[str, Any] = {}
     if inputs.unlabeled is not None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from eikd_edge.config import SelectionConfig
+from eikd_edge.methods import METHODS
 from eikd_edge.prototypes import own_prototype_cosine
 from eikd_edge.scoring import PoolScores
 
@@ -170,7 +171,8 @@ def select(
     seed: int = 0,
     agreement: np.ndarray | None = None,
 ) -> Selection:
-    """EIKD: class-balanced top-scored; kd: whole pool; random: random subset of EIKD's size; dfnd: global top-k.
+    """EIKD: class-balanced top-scored; kd: whole pool; random: random subset of EIKD's size; dfnd: global top-k
+    (each method's strategy is its entry's `selection` in eikd_edge.methods).
 
     `agreement`: pool indices of the fixed agreement slice; no method may select them.
     """
@@ -184,12 +186,13 @@ def select(
     open_idx = np.flatnonzero(~reserved)
     budget = max(1, round(config.keep_fraction * len(open_idx)))
     rng = np.random.default_rng(seed)
-    odsd = config.sampler == "odsd" and method == "eikd"
+    strategy = METHODS[method]
+    odsd = strategy.samples_by_odsd(config.sampler)
     if odsd:  # sampled, not thresholded: near-distribution images are likely, and the subset stays diverse
         score = odsd_closeness(probs, pool.embeddings, pool.bn_deviation).numpy()
         order_key = gumbel_keys(score, config.odsd_temperature, np.random.default_rng([seed, 1]))
     else:
-        score_kind = "confidence" if method == "dfnd" else config.score
+        score_kind = strategy.score_kind_fixed or config.score
         score = in_distribution_scores(pool.logits, pool.embeddings, score_kind).numpy()
         order_key = score
     ranked = _ranked_per_class(pool, predicted, order_key, len(classes), config, reserved)
@@ -205,11 +208,11 @@ def select(
     )
     size = len(eikd_choice)  # baselines get a subset of the same size, for an honest comparison
     chosen: np.ndarray
-    if method == "kd":
+    if strategy.selection == "whole_pool":
         chosen = open_idx
-    elif method == "random":
+    elif strategy.selection == "random_same_size":
         chosen = np.sort(rng.choice(open_idx, size=size, replace=False))
-    elif method == "dfnd":
+    elif strategy.selection == "global_top_confidence":
         chosen = open_idx[np.argsort(-score[open_idx], kind="stable")][:size]
     else:
         chosen = eikd_choice
@@ -217,13 +220,14 @@ def select(
     selected[chosen] = True
     split = _holdout_split(selected, predicted, config.holdout_fraction, rng)
     split[reserved] = "agreement"
+    quotas = strategy.selection == "class_balanced"  # only a class-balanced choice has quotas to fall short of
     per_class = [
         {
             "name": name,
             "candidates": int(candidates[c]),
-            "quota": int(take[c]) if method == "eikd" else None,
+            "quota": int(take[c]) if quotas else None,
             "selected": int((selected & (predicted == c)).sum()),
-            "deficit": int(deficit[c]) if method == "eikd" else 0,
+            "deficit": int(deficit[c]) if quotas else 0,
         }
         for c, name in enumerate(classes)
     ]

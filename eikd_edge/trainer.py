@@ -38,6 +38,7 @@ from eikd_edge.training import (
     mix_images,
     recalibrate_batchnorm,
     steps_within_budget,
+    uses_noise_adaptation,
     uses_projector,
     warmup_cosine,
 )
@@ -119,7 +120,7 @@ class Trainer:
         self.scaler = grad_scaler(device, self.amp)
         teacher_dim = teacher.embedding_dim or teacher.num_classes
         self.net = DistillNet(
-            self.student, teacher.num_classes, teacher_dim, uses_projector(recipe), recipe.method == "dfnd"
+            self.student, teacher.num_classes, teacher_dim, uses_projector(recipe), uses_noise_adaptation(recipe)
         )
         self.net.to(device)
         if device.type == "cuda":

@@ -22,6 +22,7 @@ from eikd_edge.losses import (
     selfpaced_lambda,
     selfpaced_weights,
 )
+from eikd_edge.methods import METHODS
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.taps import EmbeddingHook, find_classifier
 
@@ -219,10 +220,13 @@ class LossTerms:
 
 def uses_projector(recipe: Recipe) -> bool:
     """The feature loss and the contrastive relation both compare g(f_S) with the teacher's embedding."""
-    if recipe.method not in ("eikd", "random"):
-        return False
     relation = recipe.loss.relation
-    return recipe.loss.feature.enabled or (relation.enabled and relation.kind == "contrastive")
+    return METHODS[recipe.method].uses_projector(recipe.loss.feature.enabled, relation.enabled, relation.kind)
+
+
+def uses_noise_adaptation(recipe: Recipe) -> bool:
+    """DFND's trainable noise transition is built only for a method whose loss mix has it."""
+    return METHODS[recipe.method].noise_adaptation
 
 
 def distillation_loss(
@@ -235,7 +239,8 @@ def distillation_loss(
     teacher_embedding: torch.Tensor,
     progress: float = 0.0,
 ) -> LossTerms:
-    """L = L_cd + α·L_feat + β·L_rel for EIKD (and `random`); Hinton KD for `kd`; KD + noise adaptation for `dfnd`.
+    """L = L_cd + α·L_feat + β·L_rel for EIKD (and `random`); Hinton KD for `kd`; KD + noise adaptation for `dfnd`:
+    the terms each method trains with are its entry's in eikd_edge.methods.
 
     Terms are computed per sample; the batch loss is their mean, or with the self-paced curriculum the
     v-weighted mean Σ v_i ℓ_i / Σ v_i (the curriculum decides which samples count, not the step size), with v
@@ -243,17 +248,17 @@ def distillation_loss(
     """
     cfg = recipe.loss
     parts: dict[str, torch.Tensor] = {}
-    eikd_like = recipe.method in ("eikd", "random")
+    method = METHODS[recipe.method]
     mask = None
-    if eikd_like and cfg.class_drop.enabled:
+    if method.class_drop and cfg.class_drop.enabled:
         drop = cfg.class_drop
         mask = kept_class_mask(teacher_logits, drop.top_k, drop.mass, cfg.temperature, drop.min_classes)
     parts["kd"] = class_drop_kd(
         student_logits, teacher_logits, cfg.temperature, mask, cfg.class_drop.student == "masked", reduction="none"
     )
-    if eikd_like and cfg.feature.enabled and cfg.feature.weight > 0:
+    if method.feature and cfg.feature.enabled and cfg.feature.weight > 0:
         parts["feature"] = cfg.feature.weight * feature_loss(projected, teacher_embedding, reduction="none")
-    if eikd_like and cfg.relation.enabled and cfg.relation.weight > 0:
+    if method.relation and cfg.relation.enabled and cfg.relation.weight > 0:
         if cfg.relation.kind == "contrastive":
             relation = contrastive_relation_loss(
                 projected, teacher_embedding, teacher_logits, cfg.relation.temperature, reduction="none"
@@ -262,7 +267,7 @@ def distillation_loss(
             relation = relation_loss(student_embedding, teacher_embedding, cfg.relation.temperature, reduction="none")
         parts["relation"] = cfg.relation.weight * relation
     noise = getattr(net, "noise", None)
-    if recipe.method == "dfnd" and noise is not None:
+    if method.noise_adaptation and noise is not None:
         parts["noise"] = noise(student_logits, teacher_logits, reduction="none")
     per_sample = torch.stack(list(parts.values())).sum(dim=0)
     logged = {k: float(v.detach().mean()) for k, v in parts.items()}

@@ -33,6 +33,7 @@ from eikd_edge.commands.options import (
 )
 from eikd_edge.console import print_command
 from eikd_edge.errors import EikdError
+from eikd_edge.methods import METHODS
 
 # Defaults that come from the recipe, as `--help` shows them (tests/test_help.py checks them against Recipe()).
 DEFAULT_METHOD = "eikd"
@@ -56,7 +57,7 @@ def distill_command(
         str | None,
         typer.Option(
             "--method",
-            metavar="eikd|kd|random|dfnd",
+            metavar="|".join(METHODS),
             help="The distillation method (docs/methods.md).",
             show_default=DEFAULT_METHOD,
         ),
