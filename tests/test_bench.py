@@ -82,7 +82,8 @@ def test_budget_stops_iterating_and_is_recorded(onnx_run: FixtureRun) -> None:
     assert time.perf_counter() - start < 15
     (row,) = [r for r in result.rows if r.ok]
     assert 1 <= row.iters < 100_000 and row.budget_exhausted and row.iters_requested == 100_000
-    assert row.elapsed_s < 0.3 + 1.0
+    # the budget is checked between calls: it overruns by at most about one call, however loaded the machine is
+    assert row.latency_ms is not None and row.elapsed_s < 0.3 + 1.0 + 2 * row.latency_ms.max / 1000
 
 
 def test_time_calls_budget_warmup_and_at_least_one_sample() -> None:
