@@ -35,6 +35,7 @@ from eikd_edge.config import load_recipe
 from eikd_edge.data import normalize
 from eikd_edge.devices import resolve_device
 from eikd_edge.distributed import DistContext
+from eikd_edge.methods import METHODS
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.run import RunPaths
 from eikd_edge.scoring import score_pool
@@ -187,7 +188,7 @@ def main() -> None:
     recipe = load_recipe(None, overrides)
     device = resolve_device(recipe.train.device)
     teacher = load_teacher(args.teacher).to(device)
-    odsd = recipe.selection.sampler == "odsd" and recipe.method == "eikd"
+    odsd = METHODS[recipe.method].samples_by_odsd(recipe.selection.sampler)
     sel = selection_vs_inference(teacher, args.pool, device, recipe.selection.batch_size, odsd)
     scores = score_pool(teacher, args.pool, device, recipe.selection.batch_size)
     from eikd_edge.data import DecodeReport, iter_decoded
