@@ -1,4 +1,5 @@
-"""The training loop: epochs of distillation steps, label-free agreement each epoch, atomic checkpoints."""
+"""The training loop: rounds of distillation steps (one pass over the images, or several on a small pool), then
+label-free agreement and an atomic checkpoint after each round."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from eikd_edge.training import (
     describe_budget,
     distillation_loss,
     mix_images,
+    passes_per_check,
     recalibrate_batchnorm,
     steps_within_budget,
     uses_noise_adaptation,
@@ -144,6 +146,8 @@ class Trainer:
         self.teacher_val_top1: float | None = None
         self.total_steps = 0
         self.n_train = 0
+        self.steps_per_epoch = 1
+        self.passes_per_check = 1
 
     def configure_schedule(self, warmup_steps: int) -> None:
         """Warm-up + cosine over `self.total_steps`, read at every step so a wall-clock budget can set it late."""
@@ -191,24 +195,26 @@ class Trainer:
         self.n_train = len(images)
         batch, steps_per_epoch, total_steps = self._schedule(len(images))
         self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.passes_per_check = passes_per_check(steps_per_epoch, total_steps)
         self.configure_schedule(int(cfg.warmup_epochs * steps_per_epoch))
         if resume:
             self._load_state()
         with progress_bar(disable=not show_progress(self.ctx.is_main)) as bar:
             task = bar.add_task(f"Distilling ({self.recipe.method})", total=total_steps, completed=self.step, rate="")
-            epoch = self.start_epoch
+            check = self.start_epoch
             while self.step < self.total_steps:
                 try:
-                    self._run_epoch(epoch, images, t_logits, t_embed, batch, steps_per_epoch, bar, task)
-                    self._end_epoch(epoch, val)
+                    self._run_epoch(check, images, t_logits, t_embed, batch, bar, task)
+                    self._end_epoch(check, val)
                 except KeyboardInterrupt:  # checkpoints are atomic: the last complete one is intact
                     raise Interrupted(
-                        f"interrupted in epoch {epoch + 1}; the last checkpoint written is intact: "
-                        "re-run the same command with --resume"
+                        f"interrupted in epoch {self.step // steps_per_epoch + 1}; the last checkpoint written is "
+                        "intact: re-run the same command with --resume"
                     ) from None
-                if epoch == self.start_epoch and cfg.budget is not None:
+                if check == self.start_epoch and cfg.budget is not None:
                     self._fit_budget(parse_duration(cfg.budget), bar, task)
-                epoch += 1
+                check += 1
         self.final_checksums = parameter_checksums(self.student, self.ctx)
         if len(set(self.final_checksums)) > 1:  # a broken DDP set-up would otherwise ship rank 0's private model
             raise RuntimeError(f"training ranks hold different weights: {self.final_checksums}")
@@ -220,24 +226,33 @@ class Trainer:
         self.total_steps = steps
         bar.update(task, total=steps)
 
+    def _pass_order(self, first_pass: int, n_images: int, batch: int) -> torch.Tensor:
+        """The round's image order: one shuffle per pass, each cut to its whole batches (the last partial batch
+        of a pass is dropped, as a one-pass round drops it)."""
+        seed, used = self.recipe.train.seed, self.steps_per_epoch * batch
+        shuffles = [
+            torch.randperm(n_images, generator=torch.Generator().manual_seed(seed + first_pass + j))[:used]
+            for j in range(self.passes_per_check)
+        ]
+        return torch.cat(shuffles).to(self.device)
+
     def _run_epoch(
         self,
-        epoch: int,
+        check: int,
         images: ImageRows,
         t_logits: torch.Tensor,
         t_embed: torch.Tensor,
         batch: int,
-        steps_per_epoch: int,
         bar: Any,
         task: Any,
     ) -> None:
         cfg = self.recipe.train
         started = time.perf_counter()
         sums: dict[str, float] = {}
-        generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        order = order.to(self.device)
-        steps_now = min(steps_per_epoch, self.total_steps - self.step)
+        first_pass = check * self.passes_per_check
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + first_pass)
+        order = self._pass_order(first_pass, len(images), batch)
+        steps_now = min(self.steps_per_epoch * self.passes_per_check, self.total_steps - self.step)
         per_rank = batch // self.ctx.world_size
         for i in range(steps_now):
             ids = order[i * batch : (i + 1) * batch][self.ctx.rank :: self.ctx.world_size][:per_rank]
@@ -249,7 +264,7 @@ class Trainer:
         self.wall_s += seconds
         self.images_seen += steps_now * batch
         self._epoch_record = {
-            "epoch": epoch + 1,
+            "epoch": math.ceil(self.step / self.steps_per_epoch),  # passes so far, also after several per round
             "step": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
             "loss": {k: v / max(steps_now, 1) for k, v in sums.items()},
@@ -305,7 +320,7 @@ class Trainer:
         record["agreement_pick"] = hits[pick].float().mean().item() if len(pick) else float("nan")
         record["agreement_report"] = hits[report].float().mean().item() if len(report) else float("nan")
 
-    def _end_epoch(self, epoch: int, val: tuple[torch.Tensor, torch.Tensor, list[str]] | None) -> None:
+    def _end_epoch(self, check: int, val: tuple[torch.Tensor, torch.Tensor, list[str]] | None) -> None:
         record = self._epoch_record
         recalibrate_batchnorm(self.student, self._train_images, self.spec, self.recipe.train.precise_bn)
         if self.ctx.is_main:
@@ -313,12 +328,12 @@ class Trainer:
             record["holdout_agreement"] = self._agreement(self._checks.hold_images, self._hold_targets)
             if val is not None:
                 record["val_top1"] = _top1(predict_logits(self.student, val[0], self.spec, self.device), val[1])
-            score = pick_score(record, self.agreement_size > 0, epoch)
+            score = pick_score(record, self.agreement_size > 0, check)
             if score >= self.best["agreement"]:
                 state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
-                self.best = {"agreement": score, "epoch": epoch + 1, "state": state}
+                self.best = {"agreement": score, "epoch": record["epoch"], "state": state}
             self.history.append(record)
-            self._save(epoch)
+            self._save(check)
         self.best = broadcast_object(self.best, self.ctx) if self.ctx.enabled else self.best
         barrier(self.ctx)
 
@@ -333,9 +348,13 @@ class Trainer:
 
     def kept_epoch(self) -> int:
         """The epoch student.pt holds: the label-free pick (train.keep=best) or the last one (train.keep=last)."""
-        return self.best["epoch"] if self.recipe.train.keep == "best" else len(self.history)
+        return self.best["epoch"] if self.recipe.train.keep == "best" else self.epochs_done()
 
-    def _save(self, epoch: int) -> None:
+    def epochs_done(self) -> int:
+        """Passes over the training images so far (the last round's record holds the count)."""
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+    def _save(self, check: int) -> None:
         kept_model = copy.deepcopy(self.student).cpu()
         if self.recipe.train.keep == "best":
             kept_model.load_state_dict(self.best["state"])
@@ -357,7 +376,8 @@ class Trainer:
         save_torch_atomic(
             self.run.train_state,
             {
-                "epoch": epoch,
+                "epoch": check,
+                "passes_per_check": self.passes_per_check,
                 "step": self.step,
                 "net": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -386,6 +406,7 @@ class Trainer:
         if isinstance(state.get("scaler"), dict) and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.total_steps = int(state.get("total_steps", self.total_steps))
+        self.passes_per_check = int(state.get("passes_per_check", 1))
 
     def release(self) -> None:
         """Drop the DDP wrapper now: left to the garbage collector, it can outlive the process group and abort
@@ -442,7 +463,8 @@ class Trainer:
                 "steps": self.step,
                 "batch_size": min(self.recipe.train.batch_size, self.n_train),
                 "budget": describe_budget(self.recipe.train),
-                "epochs": len(self.history),
+                "epochs": self.epochs_done(),
+                "checks": len(self.history),
                 "device": str(self.device),
                 "world_size": self.ctx.world_size,
                 "seed": self.recipe.train.seed,

@@ -120,6 +120,14 @@ def default_epochs(n_train: int, batch_size: int) -> int:
     return max(DEFAULT_EPOCHS, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch))
 
 
+def passes_per_check(steps_per_epoch: int, total_steps: int) -> int:
+    """Passes over the training images between two checks (agreement, precise BatchNorm, checkpoint). One on a
+    normal pool; on a small one, enough that a run makes at most MAX_CHECKS checks: 255 images at batch 128
+    would otherwise check after every single step and spend most of its time checking."""
+    epochs = math.ceil(total_steps / max(1, steps_per_epoch))
+    return max(1, math.ceil(epochs / MAX_CHECKS))
+
+
 def steps_within_budget(budget_s: float, elapsed_s: float, steps_done: int) -> int:
     """Total steps that fit a wall-clock budget at the pace measured so far (never fewer than already done)."""
     if steps_done <= 0 or elapsed_s <= 0:
@@ -140,6 +148,7 @@ def describe_budget(cfg: TrainConfig) -> str:
 
 DEFAULT_EPOCHS = 30
 MIN_DEFAULT_STEPS = 500
+MAX_CHECKS = 40
 
 
 def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -4,6 +4,7 @@ of weight decay, and options a method would silently ignore."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,14 @@ from eikd_edge.losses import NoiseAdaptation, kept_class_mask
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.zoo import build_model
 from eikd_edge.training import (
+    MAX_CHECKS,
     MIN_DEFAULT_STEPS,
     DistillNet,
     augment,
     build_optimizer,
     default_epochs,
     mix_images,
+    passes_per_check,
     recalibrate_batchnorm,
     steps_within_budget,
     uses_flip,
@@ -59,6 +62,33 @@ def test_class_mask_never_keeps_fewer_than_min_classes() -> None:
 def test_default_budget_grows_small_pools_to_a_minimum_step_count() -> None:
     assert default_epochs(1080, 64) * (1080 // 64) >= MIN_DEFAULT_STEPS
     assert default_epochs(1_000_000, 64) == 30  # a large pool: thirty passes, not a fixed step count
+
+
+def test_small_pools_check_after_several_passes_not_after_every_step() -> None:
+    assert passes_per_check(steps_per_epoch=16, total_steps=512) == 1  # 32 passes: one check per pass
+    assert passes_per_check(steps_per_epoch=1, total_steps=500) == 13  # 500 one-step passes: 39 checks, not 500
+    for steps_per_epoch, total in ((1, 500), (2, 1000), (3, 121), (40, 1200), (7, 7)):
+        per_check = passes_per_check(steps_per_epoch, total)
+        assert -(-total // (steps_per_epoch * per_check)) <= MAX_CHECKS
+
+
+def test_a_small_pool_run_trains_every_step_and_checks_at_most_max_checks_times(
+    tmp_path: Path, script_teacher: Path, digit_images: Path
+) -> None:
+    out = tmp_path / "r"
+    args = ["distill", "-t", str(script_teacher), "-u", str(digit_images), "-o", str(out), "--epochs", "100"]
+    for item in ("train.batch_size=16", "student.width=0.5", "selection.batch_size=64", "train.keep=last"):
+        args += ["--set", item]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    passes = [h["epoch"] for h in metrics["history"]]
+    steps_per_pass = metrics["train"]["steps"] // 100
+    assert steps_per_pass >= 1 and metrics["train"]["steps"] == 100 * steps_per_pass  # no step lost to the cadence
+    assert passes == [*range(3, 100, 3), 100]  # a check every third pass, and one at the end
+    assert metrics["train"]["epochs"] == 100 and metrics["train"]["checks"] == len(passes) <= MAX_CHECKS
+    assert [h["step"] for h in metrics["history"]] == [p * steps_per_pass for p in passes]
+    assert metrics["student"]["kept_epoch"] == 100
 
 
 def test_wall_clock_budget_turns_into_steps_at_the_measured_pace() -> None:
