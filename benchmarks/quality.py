@@ -49,7 +49,7 @@ from eikd_edge.config import load_recipe
 from eikd_edge.distill import DistillInputs, distill
 
 METHODS = ("eikd", "kd", "random", "dfnd")
-ABLATIONS = ("eikd w/o class-dropping", "eikd w/o feature loss", "eikd w/o relation loss", "eikd w/o mixup")
+ABLATIONS = ("eikd w/o class-dropping", "eikd w/o feature loss", "eikd w/o relation loss", "eikd w/o class balance")
 NEIGHBOURS = (  # the default is ODSD's sampling + contrastive relation: each row takes one or both back
     "eikd paper (top-confidence selection, KL relation)",
     "odsd sampling",
