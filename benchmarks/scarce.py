@@ -54,7 +54,7 @@ def nested_subsets(field: Path, fractions: list[float], work: Path) -> dict[floa
 
 
 def plan(
-    fractions: list[float], synthesize: list[int], reused: frozenset[str] = frozenset()
+    fractions: list[float], synthesize: list[int], reused: frozenset[str] = frozenset(), synthesis_only: bool = True
 ) -> list[tuple[str, float, int, list[str]]]:
     """(row, fraction, synthetic images, overrides) of every run for one seed; whole-pool rows named in `reused`
     come from a benchmarks.quality run instead (the same slice, pool, defaults and seed: the same run)."""
@@ -64,7 +64,8 @@ def plan(
         plain = [("eikd", fraction, 0, []), ("kd", fraction, 0, ["method=kd"])]
         runs += [run for run in plain if not (fraction >= 1.0 and run[0] in reused)]
         runs += [("eikd + synthesis", fraction, n, [f"synthesis.count={n}", *synth]) for n in synthesize[:1]]
-    runs += [("synthesis only", 0.0, n, [f"synthesis.count={n}", *synth]) for n in synthesize]
+    if synthesis_only:
+        runs += [("synthesis only", 0.0, n, [f"synthesis.count={n}", *synth]) for n in synthesize]
     return runs
 
 
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", type=Path, default=None,
                         help="a benchmarks.quality JSON of the same task whose eikd/kd rows at defaults are the "
                              "whole-pool points (not run again)")  # fmt: skip
+    parser.add_argument("--no-synthesis-only", dest="synthesis_only", action="store_false",
+                        help="skip the synthesis-only rows (another run of these seeds has them)")  # fmt: skip
     parser.add_argument("--slice", type=float, default=0.15, help="share of the pool held out for slice agreement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/scarce-TASK.json)")
@@ -160,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
         runs.append(run)
     reused_rows = frozenset(r["row"].split(" | ")[0] for r in reused)
     for seed in args.seeds:
-        for row, fraction, synthetic, overrides in plan(sorted(subsets, reverse=True), args.synthesize, reused_rows):
+        for row, fraction, synthetic, overrides in plan(
+            sorted(subsets, reverse=True), args.synthesize, reused_rows, args.synthesis_only
+        ):
             folder, count = subsets[fraction] if fraction > 0 else (None, 0)
             result = run_engine(task, folder, [*overrides, *args.overrides], seed, work / "run", cut)
             shutil.rmtree(work / "run", ignore_errors=True)

@@ -41,3 +41,5 @@ def test_plan_runs_each_method_per_share_then_synthesis_alone_and_skips_reused_r
     assert runs[1][3] == ["method=kd"] and "synthesis.count=2048" in runs[-1][3]
     reused = plan([1.0, 0.1], [512], frozenset({"eikd", "kd"}))
     assert [(row, fraction) for row, fraction, _, _ in reused][:2] == [("eikd + synthesis", 1.0), ("eikd", 0.1)]
+    pools_only = plan([1.0], [512], frozenset({"eikd", "kd"}), synthesis_only=False)
+    assert [(row, fraction) for row, fraction, _, _ in pools_only] == [("eikd + synthesis", 1.0)]
