@@ -19,7 +19,7 @@ from eikd_edge.data import DecodeReport, display_name, iter_decoded, normalize, 
 from eikd_edge.distributed import DistContext, gather_objects, shard_range
 from eikd_edge.errors import EikdError
 from eikd_edge.file_stats import hash_file_stats
-from eikd_edge.models.bn_stats import BatchNormTaps, batchnorm_layers, per_sample_deviation
+from eikd_edge.models.bn_stats import BatchNormDeviation, batchnorm_layers
 from eikd_edge.models.teacher import TeacherModel
 from eikd_edge.ui import progress_bar, show_progress
 
@@ -270,7 +270,7 @@ def _score_shard(
     logits = torch.empty(len(paths), teacher.num_classes)
     embeddings = torch.empty(len(paths), width)
     deviation = torch.empty(len(paths))
-    taps = BatchNormTaps(teacher.module) if want_bn else None
+    taps = BatchNormDeviation(teacher.module) if want_bn else None
     count = 0
     started = time.perf_counter()
     with progress_bar(disable=not show_progress(ctx.is_main)) as bar:
@@ -287,7 +287,7 @@ def _score_shard(
             logits[count : count + n].copy_(batch_logits)
             embeddings[count : count + n].copy_(batch_embeddings)
             if taps is not None:
-                deviation[count : count + n].copy_(per_sample_deviation(taps.pop()))
+                deviation[count : count + n].copy_(taps.pop())
             count += n
             indices.extend(offset + i for i in batch.indices)
             done = batch.indices[-1] + 1

@@ -18,7 +18,13 @@ from typer.testing import CliRunner
 from eikd_edge.cli import app
 from eikd_edge.config import SelectionConfig, SynthesisConfig
 from eikd_edge.errors import EikdError
-from eikd_edge.models.bn_stats import BatchNormTaps, batch_statistics_loss, batchnorm_layers, per_sample_deviation
+from eikd_edge.models.bn_stats import (
+    BatchNormDeviation,
+    BatchNormTaps,
+    batch_statistics_loss,
+    batchnorm_layers,
+    per_sample_deviation,
+)
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.models.zoo import build_model
 from eikd_edge.scoring import merge_pools
@@ -75,6 +81,27 @@ def test_batchnorm_taps_capture_each_layer_once_per_forward_and_detach_cleanly()
     taps.remove()
     model(torch.randn(1, 3, 32, 32))
     assert taps.pop() == []
+
+
+def test_the_scoring_pass_reduces_each_layer_as_it_runs_to_the_hand_checked_deviation() -> None:
+    """What the scoring pass records per image equals per_sample_deviation over the captured inputs (checked by
+    hand above), while it keeps one number per image and layer instead of the layer's whole input."""
+    model = build_model("cifar_resnet8", 10, width=0.5).eval()
+    for layer in batchnorm_layers(model):
+        layer.running_mean.normal_(generator=torch.Generator().manual_seed(1))
+        layer.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    taps, deviation = BatchNormTaps(model), BatchNormDeviation(model)
+    with torch.no_grad():
+        model(images)
+    held = deviation._per_layer
+    assert len(held) == len(batchnorm_layers(model)) and all(d.shape == (5,) for d in held)
+    expected = per_sample_deviation(taps.pop())
+    assert torch.equal(deviation.pop(), expected) and float(expected.std()) > 0
+    deviation.remove()
+    with torch.no_grad():
+        model(images)
+    assert deviation._per_layer == []
 
 
 def test_torchscript_hides_its_batchnorm_layers_until_the_arch_is_named(tmp_path: Path) -> None:

@@ -44,25 +44,48 @@ class BatchNormTaps:
         self._handles = []
 
 
-def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample channel mean and variance over the spatial dimensions ([N, C] input: the values themselves)."""
+class BatchNormDeviation:
+    """Forward hooks that reduce each BatchNorm layer's input to one number per image as the layer runs (the
+    z-score² of `per_sample_deviation`), so no activation outlives its layer: holding every layer's input until
+    the batch ends, and computing variances nobody reads, cost the scoring pass about 40% of its speed."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.layers = batchnorm_layers(module)
+        self._per_layer: list[torch.Tensor] = []
+        self._handles = [layer.register_forward_hook(self._reduce) for layer in self.layers]
+
+    def _reduce(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        assert isinstance(layer, _BatchNorm)
+        with torch.no_grad():
+            self._per_layer.append(_layer_deviation(inputs[0], layer))
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def pop(self) -> torch.Tensor:
+        """[N] deviation of the images of the forward calls since the last pop (mean over layers)."""
+        per_layer, self._per_layer = self._per_layer, []
+        return torch.stack(per_layer).mean(dim=0)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _layer_deviation(x: torch.Tensor, layer: _BatchNorm) -> torch.Tensor:
+    """[N] mean over channels of (μ_nc − μ̂_c)² / σ̂²_c for one layer's input."""
     x = x.float()
-    if x.dim() == 2:
-        return x, torch.zeros_like(x)
-    flat = x.flatten(2)
-    return flat.mean(dim=2), flat.var(dim=2, unbiased=False)
+    mean = x if x.dim() == 2 else x.flatten(2).mean(dim=2)
+    running_mean = layer.running_mean.float()  # type: ignore[union-attr]
+    running_var = layer.running_var.float()  # type: ignore[union-attr]
+    return ((mean - running_mean) ** 2 / (running_var + layer.eps)).mean(dim=1)
 
 
 def per_sample_deviation(captured: list[tuple[torch.Tensor, _BatchNorm]]) -> torch.Tensor:
     """[N] mean over layers and channels of ((μ_nc − μ̂_c)² / σ̂²_c): a z-score² of each image's channel means
     against the teacher's training statistics. Lower = closer to what the teacher was trained on."""
-    per_layer = []
-    for x, layer in captured:
-        mean, _ = _channel_moments(x)
-        running_mean = layer.running_mean.float()  # type: ignore[union-attr]
-        running_var = layer.running_var.float()  # type: ignore[union-attr]
-        per_layer.append(((mean - running_mean) ** 2 / (running_var + layer.eps)).mean(dim=1))
-    return torch.stack(per_layer).mean(dim=0)
+    return torch.stack([_layer_deviation(x, layer) for x, layer in captured]).mean(dim=0)
 
 
 def batch_statistics_loss(captured: list[tuple[torch.Tensor, _BatchNorm]]) -> torch.Tensor:
