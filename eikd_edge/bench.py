@@ -25,7 +25,6 @@ from eikd_edge.data import confined, decode_image, normalize
 from eikd_edge.devices import resolve_device
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, folder_images, read_manifest, run_field_images
-from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.formats import FORMATS, Format
 from eikd_edge.latency import LatencyStats, Timing, cpu_count, cuda_compute, latency_stats, machine_info, time_calls
 from eikd_edge.models.spec import InputSpec
@@ -33,6 +32,7 @@ from eikd_edge.preprocess import describe
 from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.run_results import model_quality
 from eikd_edge.runtime import TorchPredictor, make_predictor
+from eikd_edge.trt_engine import unavailable_reason
 
 BACKENDS = ("torch", "ort", "ort-int8", "trt")
 QUALITY_KEYS = ("agree_teacher", "agree_student", "top1", "gate_passed")

@@ -87,7 +87,7 @@ class TensorRTPredictor:
     """A TensorRT engine (after its build record matched this GPU + TensorRT), run with torch CUDA buffers."""
 
     def __init__(self, path: Path, spec: InputSpec, name: str = "") -> None:
-        from eikd_edge.export.tensorrt import load_engine
+        from eikd_edge.trt_engine import load_engine
 
         self.runtime, self.engine, record = load_engine(Path(path))
         self.context = self.engine.create_execution_context()

@@ -25,13 +25,13 @@ from eikd_edge.export.parity import (
     top1,
 )
 from eikd_edge.export.record import merge_record, status_for
-from eikd_edge.export.tensorrt import unavailable_reason
 from eikd_edge.export.trt_checks import engine_failure_status
 from eikd_edge.formats import FORMATS, get_format
 from eikd_edge.run import RunPaths
 from eikd_edge.run_files import ExportEntry, read_export
 from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import TorchPredictor, make_predictor
+from eikd_edge.trt_engine import unavailable_reason
 
 
 @dataclass(frozen=True)

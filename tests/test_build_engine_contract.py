@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from eikd_edge.export.targets import load_target
-from eikd_edge.export.trt_paths import banner_version, build_path, version_from_number
+from eikd_edge.export.trt_paths import banner_version, build_path
 from eikd_edge.export.trt_script import build_script
+from eikd_edge.trt_engine import version_from_number
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_SCRIPT = REPO / "eikd_edge" / "resources" / "device" / "eikd_device.py"

@@ -25,9 +25,9 @@ from eikd_edge.cli import app
 from eikd_edge.errors import EikdError
 from eikd_edge.export import device as dev
 from eikd_edge.export.targets import load_target
-from eikd_edge.export.tensorrt import check_build_record, unavailable_reason
 from eikd_edge.export.trt_checks import refusal_status
 from eikd_edge.export.trt_paths import build_path
+from eikd_edge.trt_engine import check_build_record, unavailable_reason
 
 runner = CliRunner()
 DEVICE_SCRIPT = Path(__file__).resolve().parents[1] / "eikd_edge" / "resources" / "device" / "eikd_device.py"

@@ -22,8 +22,8 @@ from eikd_edge.checkpoint import load_student
 from eikd_edge.cli import app
 from eikd_edge.errors import EikdError
 from eikd_edge.export.targets import load_target
-from eikd_edge.export.tensorrt import check_build_record, unavailable_reason
 from eikd_edge.export.trt_script import build_script
+from eikd_edge.trt_engine import check_build_record, unavailable_reason
 
 runner = CliRunner()
 
@@ -120,8 +120,8 @@ def test_real_engine_builds_runs_and_checks_its_record(tmp_path_factory: pytest.
     pytest.importorskip("tensorrt")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT engines need a CUDA GPU")
-    from eikd_edge.export.tensorrt import load_engine
     from eikd_edge.runtime import TensorRTPredictor, TorchPredictor
+    from eikd_edge.trt_engine import load_engine
 
     run = fresh_run(tmp_path_factory, "trt-real")
     args = ["export", str(run.root), "--trt", "--fp32", "--fp16", "--target", "x86-dgpu", "--gate", "0.5"]

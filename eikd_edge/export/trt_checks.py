@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eikd_edge.device_identity import identity
 from eikd_edge.errors import EikdError
 from eikd_edge.export import device as dev
 from eikd_edge.export.targets import load_target
@@ -29,4 +30,4 @@ def engine_failure_status(target_name: Any, reason: str, device: dict[str, Any] 
         target = None
     if target is None:
         return refusal_status("its target profile is unknown here", reason)
-    return refusal_status(dev.target_mismatch(target, device if device is not None else dev.identity()), reason)
+    return refusal_status(dev.target_mismatch(target, device if device is not None else identity()), reason)

@@ -13,16 +13,10 @@ from dataclasses import dataclass
 
 from eikd_edge.errors import EikdError
 from eikd_edge.formats import FP16_ONNX, TRT_QDQ_ONNX
+from eikd_edge.trt_engine import version_from_number
 
 SUPPORTED = "TensorRT 8.5 to 11.x"
 _BANNER = re.compile(r"TensorRT v(\d+)")
-
-
-def version_from_number(number: int) -> str:
-    """NV_TENSORRT_VERSION: major*1000+minor*100+patch up to 9.x (8503), major*10000+minor*100+patch since 10."""
-    if number >= 100000:
-        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
-    return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
 
 
 def banner_version(text: str) -> str | None:
