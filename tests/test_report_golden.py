@@ -253,4 +253,4 @@ def test_the_numbers_that_matter_are_in_their_columns() -> None:
         ("3.20", "86.8%", "failed gate"),
     ]
     assert _row(_table(markdown, "Compression"), model="onnx-int8")["smaller than teacher"] == "70.00×"
-    assert "Validation: FAILED (gate 95% top-1 agreement with the FP32 student)." in markdown
+    assert "Validation: FAILED (gate 95.0% top-1 agreement with the FP32 student)." in markdown

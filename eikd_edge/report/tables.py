@@ -302,7 +302,7 @@ def verdict_line(report: Report) -> str:
     h = report.headline
     if h.validation_passed is None:
         return "Validation: not run."
-    gate = f" (gate {h.gate:.0%} top-1 agreement with the FP32 student)" if h.gate is not None else ""
+    gate = f" (gate {t.pct(h.gate)} top-1 agreement with the FP32 student)" if h.gate is not None else ""
     return f"Validation: {'passed' if h.validation_passed else 'FAILED'}{gate}."
 
 
