@@ -1,6 +1,6 @@
 """The trainer's batched augmentation vs kornia's, on the same work: is a library made for it faster?
 
-Ours (eikd_edge.training.augment): random crop (pad-crop at <= 64 px, random-resized-crop above), flip,
+Ours (eikd_edge.distill.step.augment): random crop (pad-crop at <= 64 px, random-resized-crop above), flip,
 brightness/contrast jitter, all on whole batches. Kornia (optional, `pip install kornia`): the same three steps as
 an AugmentationSequential. Both take a uint8 NCHW batch and return float images; the two are timed interleaved,
 median of `--repeats` rounds, on the chosen device.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from eikd_edge.config import AugmentConfig
-from eikd_edge.training import augment
+from eikd_edge.distill.step import augment
 
 CASES = ((32, 256), (224, 64))  # (side, batch)
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from eikd_edge.config import load_recipe
+from eikd_edge.distill.loop import Trainer
 from eikd_edge.distributed import DistContext
 from eikd_edge.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from eikd_edge.models.teacher import TeacherModel, load_teacher
 from eikd_edge.models.zoo import build_model
 from eikd_edge.run import RunPaths
-from eikd_edge.trainer import Trainer
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

@@ -25,10 +25,10 @@ import yaml
 from PIL import Image
 
 from eikd_edge.data import DecodeReport, iter_decoded, load_labeled_folder, normalize
+from eikd_edge.distill.step import warmup_cosine
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.models.zoo import build_model
-from eikd_edge.training import warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_ARCH = "cifar_resnet20"

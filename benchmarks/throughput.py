@@ -34,13 +34,13 @@ from benchmarks.common import EXAMPLE, RESULTS, machine
 from eikd_edge.config import load_recipe
 from eikd_edge.data import normalize
 from eikd_edge.devices import resolve_device
+from eikd_edge.distill.loop import Trainer
+from eikd_edge.distill.methods import METHODS
+from eikd_edge.distill.step import augment
 from eikd_edge.distributed import DistContext
-from eikd_edge.methods import METHODS
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.run import RunPaths
 from eikd_edge.scoring import score_pool
-from eikd_edge.trainer import Trainer
-from eikd_edge.training import augment
 
 
 def _sync(device: torch.device) -> None:

@@ -5,9 +5,11 @@ The Python API is the functions the commands call, imported on first use (PEP 56
 
     from eikd_edge import DistillInputs, ExportRequest, distill, export_run, load_recipe, load_teacher, validate_run
 
-`eikd_edge.distill` is the function, whichever is imported first. The module of the same name is still imported by
-its full name (`import eikd_edge.distill`, `from eikd_edge.distill import DistillResult`) but is not an attribute
-of the package, so `import eikd_edge.distill as m` binds the function: use `importlib.import_module` for the module.
+`eikd_edge.distill` is the function, whichever is imported first. The package of the same name (the distill stage,
+eikd_edge/distill/) is still imported by its full name (`import eikd_edge.distill`, `from eikd_edge.distill import
+DistillResult`, `from eikd_edge.distill.loop import Trainer`, `from eikd_edge.distill import loop`) but is not an
+attribute of this package, so `import eikd_edge.distill as m` binds the function and `import eikd_edge.distill.loop
+as m` fails (Python looks `loop` up on the function): use `from ... import` or `importlib.import_module`.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(ModuleType):
-    """Importing a submodule sets it as an attribute of the package; for a public name that is also a submodule
+    """Importing a submodule sets it as an attribute of the package; for a public name that is also a subpackage
     (`distill`), the function keeps the name, whichever is imported first."""
 
     def __setattr__(self, name: str, value: Any) -> None:

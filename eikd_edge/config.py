@@ -10,8 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eikd_edge.distill.methods import METHODS, SETTINGS
 from eikd_edge.errors import EikdError
-from eikd_edge.methods import METHODS, SETTINGS
 from eikd_edge.safe_yaml import load_yaml_text
 
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names, in its order
@@ -221,7 +221,7 @@ def ignored_settings(recipe: Recipe) -> list[str]:
     current = recipe.model_dump(mode="json")
     ignored = []
     method = METHODS[recipe.method]
-    for dotted in SETTINGS:  # the settings only some methods read (eikd_edge.methods)
+    for dotted in SETTINGS:  # the settings only some methods read (eikd_edge.distill.methods)
         if method.reads(dotted):
             continue
         section, name = dotted.split(".")

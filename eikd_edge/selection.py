@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from eikd_edge.config import SelectionConfig
-from eikd_edge.methods import METHODS
+from eikd_edge.distill.methods import METHODS
 from eikd_edge.prototypes import own_prototype_cosine
 from eikd_edge.scoring import PoolScores
 
@@ -172,7 +172,7 @@ def select(
     agreement: np.ndarray | None = None,
 ) -> Selection:
     """EIKD: class-balanced top-scored; kd: whole pool; random: random subset of EIKD's size; dfnd: global top-k
-    (each method's strategy is its entry's `selection` in eikd_edge.methods).
+    (each method's strategy is its entry's `selection` in eikd_edge.distill.methods).
 
     `agreement`: pool indices of the fixed agreement slice; no method may select them.
     """

@@ -11,13 +11,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "eikd_edge"
 CLI, STAGE, CORE = 2, 1, 0
 
 # A module's layer is that of the longest entry its dotted name starts with; any other module is CORE (models, data,
-# losses, config, runtime, ui, ...).
+# config, runtime, ui, ...). A CORE entry takes a module out of its package's layer.
 LAYERS = {
     "eikd_edge.__main__": CLI,
     "eikd_edge.cli": CLI,
     "eikd_edge.commands": CLI,
-    "eikd_edge.distill": STAGE,
-    "eikd_edge.trainer": STAGE,  # distill's training loop
+    "eikd_edge.distill": STAGE,  # the package, its stage.py and loop.py (distill's training loop)
+    # the training step's pieces, the losses and the method registry sit below every stage (config.py reads the
+    # registry, selection.py the methods' selection strategies)
+    "eikd_edge.distill.step": CORE,
+    "eikd_edge.distill.losses": CORE,
+    "eikd_edge.distill.methods": CORE,
     "eikd_edge.selection": STAGE,  # select
     "eikd_edge.novel": STAGE,  # select --novel
     "eikd_edge.synthesis": STAGE,  # synthesize

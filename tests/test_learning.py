@@ -22,18 +22,18 @@ from eikd_edge.cli import app
 from eikd_edge.config import load_recipe
 from eikd_edge.data import load_labeled_folder
 from eikd_edge.distill import DistillInputs, distill
-from eikd_edge.losses import (
+from eikd_edge.distill.loop import predict_logits
+from eikd_edge.distill.losses import (
     NoiseAdaptation,
     class_drop_kd,
     contrastive_relation_loss,
     feature_loss,
     kept_class_mask,
 )
+from eikd_edge.distill.step import distillation_loss
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
 from eikd_edge.models.zoo import build_model
-from eikd_edge.trainer import predict_logits
-from eikd_edge.training import distillation_loss
 from tests.run_fixture import FixtureRun, fresh_run
 
 # The fixture teacher is a random convolutional body with a fitted head: right on clean digits, erratic on shifted

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from eikd_edge.losses import (
+from eikd_edge.distill.losses import (
     NoiseAdaptation,
     class_drop_kd,
     feature_loss,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eikd_edge.config import load_recipe
-from eikd_edge.losses import (
+from eikd_edge.distill.losses import (
     class_drop_kd,
     contrastive_relation_loss,
     feature_loss,
@@ -16,7 +16,7 @@ from eikd_edge.losses import (
     selfpaced_lambda,
     selfpaced_weights,
 )
-from eikd_edge.training import distillation_loss, uses_projector
+from eikd_edge.distill.step import distillation_loss, uses_projector
 
 EYE2 = torch.eye(2)
 SURE = torch.tensor([[50.0, 0.0], [0.0, 50.0]])  # teacher: sample 0 is class 0, sample 1 class 1, certainly

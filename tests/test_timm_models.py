@@ -21,11 +21,11 @@ pytest.importorskip("timm")
 from eikd_edge.checkpoint import load_student
 from eikd_edge.cli import app
 from eikd_edge.data import decode_image
+from eikd_edge.distill.step import DistillNet
 from eikd_edge.errors import EikdError
 from eikd_edge.models import timm_zoo
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.models.zoo import build_model, for_export
-from eikd_edge.training import DistillNet
 from tests.conftest import write_sidecar
 
 runner = CliRunner()

@@ -14,11 +14,8 @@ from typer.testing import CliRunner
 from eikd_edge.cli import app
 from eikd_edge.config import Recipe, load_recipe, parse_duration
 from eikd_edge.data import normalize
-from eikd_edge.errors import EikdError
-from eikd_edge.losses import NoiseAdaptation, kept_class_mask
-from eikd_edge.models.spec import InputSpec
-from eikd_edge.models.zoo import build_model
-from eikd_edge.training import (
+from eikd_edge.distill.losses import NoiseAdaptation, kept_class_mask
+from eikd_edge.distill.step import (
     MAX_CHECKS,
     MIN_DEFAULT_STEPS,
     DistillNet,
@@ -32,6 +29,9 @@ from eikd_edge.training import (
     uses_flip,
     uses_resized_crop,
 )
+from eikd_edge.errors import EikdError
+from eikd_edge.models.spec import InputSpec
+from eikd_edge.models.zoo import build_model
 
 runner = CliRunner()
 

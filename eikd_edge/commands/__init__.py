@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+__all__ = ["register_all"]
+
 
 def register_all(app: typer.Typer) -> None:
     from eikd_edge.commands import (

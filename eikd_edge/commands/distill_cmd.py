@@ -32,8 +32,8 @@ from eikd_edge.commands.options import (
     torch_threads,
 )
 from eikd_edge.console import print_command
+from eikd_edge.distill.methods import METHODS
 from eikd_edge.errors import EikdError
-from eikd_edge.methods import METHODS
 
 # Defaults that come from the recipe, as `--help` shows them (tests/test_help.py checks them against Recipe()).
 DEFAULT_METHOD = "eikd"

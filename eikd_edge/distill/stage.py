@@ -28,9 +28,10 @@ from eikd_edge.data import (
 )
 from eikd_edge.devices import resolve_device
 from eikd_edge.disk_images import DiskImages
+from eikd_edge.distill.loop import Checks, Trainer
+from eikd_edge.distill.methods import METHODS
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
-from eikd_edge.methods import METHODS
 from eikd_edge.models.pretrained import build_student
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel, load_teacher
@@ -48,7 +49,6 @@ from eikd_edge.runfolder import (
 from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, scan_folder, score_pool
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
-from eikd_edge.trainer import Checks, Trainer
 from eikd_edge.ui import progress_bar, show_progress
 
 

@@ -21,15 +21,7 @@ from eikd_edge.checkpoint import diverged_message, load_train_state, save_studen
 from eikd_edge.config import Recipe, parse_duration
 from eikd_edge.data import normalize
 from eikd_edge.disk_images import ImageRows
-from eikd_edge.distributed import DistContext, barrier, broadcast_object, parameter_checksums
-from eikd_edge.errors import EikdError, Interrupted
-from eikd_edge.models.spec import InputSpec
-from eikd_edge.models.teacher import TeacherModel
-from eikd_edge.models.zoo import build_model, count_macs, count_parameters
-from eikd_edge.run import RunPaths
-from eikd_edge.scoring import PoolScores
-from eikd_edge.selection import Selection
-from eikd_edge.training import (
+from eikd_edge.distill.step import (
     DistillNet,
     augment,
     build_optimizer,
@@ -44,6 +36,14 @@ from eikd_edge.training import (
     uses_projector,
     warmup_cosine,
 )
+from eikd_edge.distributed import DistContext, barrier, broadcast_object, parameter_checksums
+from eikd_edge.errors import EikdError, Interrupted
+from eikd_edge.models.spec import InputSpec
+from eikd_edge.models.teacher import TeacherModel
+from eikd_edge.models.zoo import build_model, count_macs, count_parameters
+from eikd_edge.run import RunPaths
+from eikd_edge.scoring import PoolScores
+from eikd_edge.selection import Selection
 from eikd_edge.ui import progress_bar, show_progress
 
 

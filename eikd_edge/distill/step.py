@@ -12,7 +12,7 @@ from torch import nn
 from eikd_edge.config import AugmentConfig, Recipe, TrainConfig
 from eikd_edge.data import normalize
 from eikd_edge.disk_images import ImageRows
-from eikd_edge.losses import (
+from eikd_edge.distill.losses import (
     NoiseAdaptation,
     class_drop_kd,
     contrastive_relation_loss,
@@ -22,7 +22,7 @@ from eikd_edge.losses import (
     selfpaced_lambda,
     selfpaced_weights,
 )
-from eikd_edge.methods import METHODS
+from eikd_edge.distill.methods import METHODS
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.taps import EmbeddingHook, find_classifier
 
@@ -249,7 +249,7 @@ def distillation_loss(
     progress: float = 0.0,
 ) -> LossTerms:
     """L = L_cd + α·L_feat + β·L_rel for EIKD (and `random`); Hinton KD for `kd`; KD + noise adaptation for `dfnd`:
-    the terms each method trains with are its entry's in eikd_edge.methods.
+    the terms each method trains with are its entry's in eikd_edge.distill.methods.
 
     Terms are computed per sample; the batch loss is their mean, or with the self-paced curriculum the
     v-weighted mean Σ v_i ℓ_i / Σ v_i (the curriculum decides which samples count, not the step size), with v

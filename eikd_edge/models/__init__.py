@@ -1,0 +1,5 @@
+"""Models: loading teachers (teacher.py, pt2_guard.py), what a model expects as input (spec.py), the student zoo
+(zoo.py, cifar.py, timm_zoo.py), pretrained student weights, embedding taps and BatchNorm statistics; each is
+imported by its module's name."""
+
+__all__: list[str] = []
