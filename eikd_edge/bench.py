@@ -20,23 +20,23 @@ from pydantic import BaseModel, ConfigDict
 
 from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
+from eikd_edge.backends import backend_for
 from eikd_edge.checkpoint import load_student
 from eikd_edge.data import confined, decode_image, normalize
 from eikd_edge.devices import resolve_device
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, folder_images, read_manifest, run_field_images
-from eikd_edge.formats import FORMATS, Format
+from eikd_edge.formats import BENCH_NAMES, EXPORT_FLAGS, FORMATS
 from eikd_edge.latency import LatencyStats, Timing, cpu_count, cuda_compute, latency_stats, machine_info, time_calls
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.preprocess import describe
 from eikd_edge.run import RunPaths, TeacherChanged, load_run_teacher
 from eikd_edge.run_results import model_quality
-from eikd_edge.runtime import TorchPredictor, make_predictor
-from eikd_edge.trt_engine import unavailable_reason
+from eikd_edge.runtime import TorchPredictor
 
-BACKENDS = ("torch", "ort", "ort-int8", "trt")
+BACKENDS = BENCH_NAMES  # torch, ort, ort-int8, trt: the formats table's bench names
 QUALITY_KEYS = ("agree_teacher", "agree_student", "top1", "gate_passed")
-EXPORT_HINT = {"ort": "--onnx", "ort-int8": "--int8", "trt": "--trt"}
+EXPORT_HINT = EXPORT_FLAGS  # bench name -> the `eikd-edge export` flag that makes its artifacts
 
 
 class BenchRow(BaseModel):
@@ -115,13 +115,6 @@ class BenchOptions:
     teacher: bool = True
     images: Path | None = None  # a folder of field images instead of the run's holdout slice
     trust_pickle: bool = False  # from the command line only: may the teacher's file be unpickled
-
-
-def backend_of(fmt: Format) -> str:
-    """The bench name of a formats-table row: torch, ort, ort-int8 or trt."""
-    if fmt.backend == "onnxruntime":
-        return "ort-int8" if fmt.precision == "int8" else "ort"
-    return "trt" if fmt.backend == "tensorrt" else "torch"
 
 
 class _TeacherLogits(torch.nn.Module):
@@ -243,14 +236,15 @@ def _check(options: BenchOptions) -> None:
 def _backend_rows(
     run: RunPaths, backend: str, ckpt: Any, images: torch.Tensor, device: str, options: BenchOptions, quality: dict
 ) -> list[BenchRow]:
-    formats = [f for f in FORMATS if backend_of(f) == backend]
+    formats = [f for f in FORMATS if f.bench == backend]
     precision = "/".join(f.precision for f in formats)
-    if backend == "trt" and (why := unavailable_reason()):
-        return [BenchRow(model="trt-*", backend=backend, precision=precision, batch=None, status=f"skipped: {why}")]
+    name = formats[0].name if len(formats) == 1 else f"{backend}-*"  # what a row for all of them is called
+    runtime = backend_for(formats[0])  # one runtime per bench name
+    if runtime.optional and (why := runtime.unavailable()):
+        return [BenchRow(model=name, backend=backend, precision=precision, batch=None, status=f"skipped: {why}")]
     present = [f for f in formats if f.path(run.root).is_file()]
     if not present:
         hint = f"eikd-edge export {run.root} {EXPORT_HINT.get(backend, '')}".rstrip()
-        name = formats[0].name if len(formats) == 1 else f"{backend}-*"
         return [
             BenchRow(
                 model=name, backend=backend, precision=precision, batch=None, status=f"skipped: not exported ({hint})"
@@ -261,10 +255,10 @@ def _backend_rows(
         info = {"model": fmt.name, "backend": backend, "precision": fmt.precision, **quality.get(fmt.name, {})}
         info["size_bytes"] = fmt.path(run.root).stat().st_size
         try:
-            if fmt.backend == "torch":
+            if not fmt.exported:  # the PyTorch student: already loaded, and timed on the device asked for
                 predictor: Any = TorchPredictor(ckpt.model, ckpt.spec, device)
             else:
-                predictor = make_predictor(fmt, run.root, ckpt.spec, threads=options.threads, device=device)
+                predictor = runtime.predictor(fmt, run.root, ckpt.spec, threads=options.threads, device=device)
         except Exception as exc:  # one artifact that cannot load must not stop the others
             rows.append(BenchRow(**info, batch=None, status=f"failed: {_why(exc)}"))
             continue

@@ -19,6 +19,7 @@ from eikd_edge.errors import EikdError
 from eikd_edge.export.record import merge_record
 from eikd_edge.formats import PARITY_JSON
 from eikd_edge.run import RunPaths
+from eikd_edge.status import ArtifactStatus, EngineStatus
 
 MAX_BYTES = 1 << 20
 RESULT_FORMAT = "eikd-edge/device-result"
@@ -65,7 +66,7 @@ class Latency(_Strict):
 class EngineResult(_Strict):
     name: Literal["trt-fp32", "trt-fp16", "trt-int8"]
     engine: Text
-    status: Literal["ok", "failed_gate", "failed"]
+    status: EngineStatus  # ok | failed_gate | failed
     reason: Annotated[str, Field(max_length=2000)] | None
     record: dict[str, Any] | None = None
     parity: ParityFigures | None = None
@@ -111,7 +112,7 @@ def read_device_result(path: Path) -> DeviceResult:
     for key, engine in result.engines.items():
         if key != engine.name:
             raise EikdError(f"{path}: engines.{key} names {engine.name}")
-        if engine.status != "failed" and engine.parity is None:
+        if engine.status != ArtifactStatus.FAILED and engine.parity is None:
             raise EikdError(f"{path}: {key} is {engine.status} but has no parity figures")
     return result
 

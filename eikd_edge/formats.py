@@ -1,4 +1,9 @@
-"""The formats table (Ultralytics-style): one row per artifact drives export, validate and bench alike."""
+"""The formats table (Ultralytics-style): one row per artifact drives export, validate and bench alike.
+
+One row gives the artifact's name (export.json's key) <-> its backend (a key of eikd_edge.backends.BACKENDS, which
+loads it) <-> its bench name (`eikd-edge bench --backends`) <-> the export flag that builds it. Light (no torch):
+`--help` reads the bench names from here.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ class Format:
     name: str
     file: str
     precision: str  # fp32 | fp16 | int8
-    backend: str  # torch | onnxruntime | tensorrt
+    backend: str  # eikd_edge.backends.BACKENDS key: torch | onnxruntime | tensorrt
+    bench: str  # its name in `eikd-edge bench --backends` and bench.json: torch | ort | ort-int8 | trt
+    export_flag: str = ""  # the `eikd-edge export RUN` flag that builds it ("" for the student, trained by distill)
     exported: bool = True  # False for the PyTorch student, which is the reference, not an export
 
     def path(self, run_root: Path) -> Path:
@@ -24,13 +31,16 @@ class Format:
 
 
 FORMATS: tuple[Format, ...] = (
-    Format("pytorch", NAMES.student.name, "fp32", "torch", exported=False),
-    Format("onnx", "student.onnx", "fp32", "onnxruntime"),
-    Format("onnx-int8", "student.int8.onnx", "int8", "onnxruntime"),
-    Format("trt-fp32", "student.engine", "fp32", "tensorrt"),
-    Format("trt-fp16", "student.fp16.engine", "fp16", "tensorrt"),
-    Format("trt-int8", "student.int8.engine", "int8", "tensorrt"),
+    Format("pytorch", NAMES.student.name, "fp32", "torch", "torch", exported=False),
+    Format("onnx", "student.onnx", "fp32", "onnxruntime", "ort", "--onnx"),
+    Format("onnx-int8", "student.int8.onnx", "int8", "onnxruntime", "ort-int8", "--int8"),
+    Format("trt-fp32", "student.engine", "fp32", "tensorrt", "trt", "--trt"),
+    Format("trt-fp16", "student.fp16.engine", "fp16", "tensorrt", "trt", "--trt"),
+    Format("trt-int8", "student.int8.engine", "int8", "tensorrt", "trt", "--trt"),
 )
+# `eikd-edge bench --backends` names, in table order, and the export flag that makes each one's artifacts.
+BENCH_NAMES: tuple[str, ...] = tuple(dict.fromkeys(f.bench for f in FORMATS))
+EXPORT_FLAGS: dict[str, str] = {f.bench: f.export_flag for f in FORMATS if f.export_flag}
 
 # Auxiliary files (not artifacts of their own) that export writes beside the artifacts.
 TRT_QDQ_ONNX = "student.int8.trt.onnx"  # symmetric S8 QDQ model: TensorRT explicit quantization source

@@ -135,7 +135,7 @@ class TeacherCheck(_Open):
 
 
 class ArtifactCheck(_Open):
-    status: str | None = None  # ok | failed_gate | failed | skipped
+    status: str | None = None  # an eikd_edge.status.ArtifactStatus: ok | failed_gate | failed | skipped
     reason: str | None = None
     parity: dict[str, Any] | None = None  # export.parity.Parity.to_dict()
 
@@ -159,7 +159,7 @@ class ExportEntry(_Open):
     size_bytes: int | None = None
     precision: str | None = None
     backend: str | None = None
-    status: str | None = None  # ok | failed_gate | failed
+    status: str | None = None  # an eikd_edge.status.ArtifactStatus: ok | failed_gate | failed
     reason: str | None = None
     parity: dict[str, Any] | None = None
     recommended: bool | None = None  # onnx-int8: faster than FP32 on the exporting machine

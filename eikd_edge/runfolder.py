@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from eikd_edge.atomic import sweep_temps
+from eikd_edge.backends import device_bound_formats
 from eikd_edge.errors import EikdError
 from eikd_edge.formats import (
     BUILD_SCRIPT,
@@ -52,7 +53,7 @@ ROOT_FILES = frozenset(
 CACHE_FILES = frozenset({NAMES.teacher_outputs.name, NAMES.synthetic_outputs.name}) | store_names()
 EXPORT_FILES = frozenset(
     {f.file for f in FORMATS if f.exported}
-    | {build_record_path(Path(f.file)).name for f in FORMATS if f.backend == "tensorrt"}
+    | {build_record_path(Path(f.file)).name for f in device_bound_formats()}
     | {NAMES.export_record.name, TRT_QDQ_ONNX, CALIBRATION_CACHE, TIMING_CACHE, BUILD_SCRIPT}
     | set(TARGET_FILES)
     | {name + ".refused" for name in TARGET_FILES}

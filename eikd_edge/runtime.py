@@ -1,20 +1,19 @@
 """One small predictor interface over every backend: uint8 NCHW images in, float32 logits out.
 
 Each predictor applies the training preprocessing itself (eikd_edge.data.normalize with the checkpoint's InputSpec),
-so validate and bench compare backends on exactly the same pixels.
+so validate and bench compare backends on exactly the same pixels. eikd_edge.backends makes them from the formats
+table (Backend.predictor).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from eikd_edge.data import normalize
 from eikd_edge.errors import EikdError
-from eikd_edge.formats import Format
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.ort_session import session
 
@@ -120,15 +119,3 @@ class TensorRTPredictor:
             outputs.append(out[:n])
         stream.synchronize()
         return torch.cat(outputs).float().cpu().numpy()
-
-
-def make_predictor(fmt: Format, run_root: Path, spec: InputSpec, threads: int = 0, device: str = "auto") -> Any:
-    """The predictor for one row of the formats table."""
-    path = fmt.path(run_root)
-    if fmt.backend == "torch":
-        return TorchPredictor.from_checkpoint(path)
-    if fmt.backend == "onnxruntime":
-        return OnnxPredictor(path, spec, device=device, threads=threads, name=fmt.name)
-    if fmt.backend == "tensorrt":
-        return TensorRTPredictor(path, spec, name=fmt.name)
-    raise EikdError(f"no predictor for backend {fmt.backend!r}")

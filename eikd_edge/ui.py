@@ -9,10 +9,33 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
+
+from eikd_edge.status import ArtifactStatus
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
 MISSING = "-"
+
+# How an artifact's status reads in the export and validate tables: (label, Rich style).
+STATUS_STYLE: dict[str, tuple[str, str]] = {
+    ArtifactStatus.OK: ("ok", "green"),
+    ArtifactStatus.FAILED_GATE: ("failed gate", "red"),
+    ArtifactStatus.FAILED: ("failed", "red"),
+    ArtifactStatus.ON_DEVICE: ("on device", "cyan"),
+    ArtifactStatus.SKIPPED: ("skipped", "dim"),
+}
+EXPORT_GATE_STYLE = "yellow"  # export: the artifact is written and may pass `validate` on more images; a warning
+
+
+def status_markup(status: str, gate_style: str | None = None) -> str:
+    """Rich markup of an artifact status ("failed_gate" -> "[red]failed gate[/]"); `gate_style` overrides the style
+    of failed_gate; a status of no table entry shows as itself, dim."""
+    label, style = STATUS_STYLE.get(status, (status, "dim"))
+    if gate_style and status == ArtifactStatus.FAILED_GATE:
+        style = gate_style
+    return f"[{style}]{escape(label)}[/]"
 
 
 def pct(value: float | None, nan_is_missing: bool = False) -> str:

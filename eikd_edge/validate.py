@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from eikd_edge.atomic import write_json_atomic
+from eikd_edge.backends import backend_for
 from eikd_edge.checkpoint import StudentCheckpoint, load_student
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import folder_images, run_field_images
@@ -30,8 +31,8 @@ from eikd_edge.formats import FORMATS, get_format
 from eikd_edge.run import RunPaths
 from eikd_edge.run_files import ExportEntry, read_export
 from eikd_edge.runfolder import writing_run
-from eikd_edge.runtime import TorchPredictor, make_predictor
-from eikd_edge.trt_engine import unavailable_reason
+from eikd_edge.runtime import TorchPredictor
+from eikd_edge.status import ArtifactStatus, is_failure
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class ArtifactCheck:
     name: str
     precision: str
     backend: str
-    status: str  # ok | failed_gate | failed | skipped
+    status: ArtifactStatus  # ok | failed_gate | failed | skipped
     reason: str | None
     parity: Parity | None
 
@@ -54,7 +55,7 @@ class ValidationResult:
 
     @property
     def failed(self) -> list[ArtifactCheck]:
-        return [c for c in self.checks if c.status in ("failed_gate", "failed")]
+        return [c for c in self.checks if is_failure(c.status)]
 
 
 def validate_run(
@@ -88,7 +89,7 @@ def _validate(
     if not entries:
         raise EikdError(f"nothing exported in {run.export_dir}; run `eikd-edge export {run.root} --onnx` first")
     for name, entry in entries.items():
-        if entry.status != "failed" and not (run.export_dir / (entry.path or "")).is_file():
+        if entry.status != ArtifactStatus.FAILED and not (run.export_dir / (entry.path or "")).is_file():
             raise EikdError(f"{name}: {run.export_dir / str(entry.path)} is missing; re-run `eikd-edge export`")
     images = (
         folder_images(images_dir, ckpt.spec, limit) if images_dir else run_field_images(run, ckpt.spec, "parity", limit)
@@ -110,7 +111,7 @@ def _validate(
             for c in checks
         },
         "notes": ref.notes,
-        "passed": not any(c.status in ("failed_gate", "failed") for c in checks),
+        "passed": not any(is_failure(c.status) for c in checks),
     }
     path = write_json_atomic(run.validation, summary)
     return ValidationResult(checks, ref, gate, summary, path)
@@ -119,19 +120,23 @@ def _validate(
 def check_artifact(
     run: RunPaths, name: str, entry: ExportEntry, ckpt: StudentCheckpoint, ref: Reference, gate: float, threads: int
 ) -> ArtifactCheck:
-    """Run one artifact on the reference images; a TensorRT engine that cannot run here is skipped, not failed."""
+    """Run one artifact on the reference images; one of an optional backend that cannot run here (a TensorRT
+    engine without TensorRT or a GPU) is skipped, not failed."""
     fmt = get_format(name)
-    if entry.status == "failed":
-        return ArtifactCheck(name, fmt.precision, fmt.backend, "failed", entry.reason or "export failed", None)
-    if fmt.backend == "tensorrt" and (why := unavailable_reason()):
-        return ArtifactCheck(name, fmt.precision, fmt.backend, "skipped", why, None)
+    backend = backend_for(fmt)
+    if entry.status == ArtifactStatus.FAILED:
+        return ArtifactCheck(
+            name, fmt.precision, fmt.backend, ArtifactStatus.FAILED, entry.reason or "export failed", None
+        )
+    if backend.optional and (why := backend.unavailable()):
+        return ArtifactCheck(name, fmt.precision, fmt.backend, ArtifactStatus.SKIPPED, why, None)
     try:
-        predictor = make_predictor(fmt, run.root, ckpt.spec, threads=threads)
+        predictor = backend.predictor(fmt, run.root, ckpt.spec, threads=threads)
         result = parity(predictor.predict_logits(ref.images.images), ref, gate, top1(predictor, ref))
     except Exception as exc:  # an artifact that cannot even run fails validation; it must not crash the others
         reason = str(exc) if isinstance(exc, EikdError) else f"{type(exc).__name__}: {str(exc)[:200]}"
-        status = "failed"
-        if fmt.backend == "tensorrt" and isinstance(exc, EikdError):
+        status = ArtifactStatus.FAILED
+        if backend.device_bound and isinstance(exc, EikdError):
             status, reason = engine_failure_status(entry.target, reason)
         return ArtifactCheck(name, fmt.precision, fmt.backend, status, reason, None)
     reason = gate_reason(result)

@@ -12,11 +12,12 @@ from eikd_edge.commands.options import Device, RunFolder, Threads, TrustPickle, 
 from eikd_edge.console import console
 from eikd_edge.errors import EikdError
 from eikd_edge.fitted_tables import print_fitted
+from eikd_edge.formats import BENCH_NAMES
 
 if TYPE_CHECKING:
     from eikd_edge.bench import BenchResult
 
-BACKENDS = ("torch", "ort", "ort-int8", "trt")  # eikd_edge.bench.BACKENDS (tests/test_help.py compares them)
+BACKENDS = BENCH_NAMES  # as eikd_edge.bench.BACKENDS, from the light formats table (`--help` imports no torch)
 
 
 def bench(

@@ -12,7 +12,8 @@ from eikd_edge.commands.options import DEFAULT_GATE, RunFolder, Threads, TrustPi
 from eikd_edge.console import console, err_console, print_command
 from eikd_edge.errors import EikdError, GateFailed
 from eikd_edge.fitted_tables import print_fitted
-from eikd_edge.ui import human, pct
+from eikd_edge.status import ArtifactStatus
+from eikd_edge.ui import EXPORT_GATE_STYLE, human, pct, status_markup
 
 if TYPE_CHECKING:
     from eikd_edge.export.pipeline import ExportRequest, ExportResult
@@ -24,12 +25,6 @@ DEFAULT_TRT_TARGET = "x86-dgpu"
 
 COLUMNS = ("artifact", "prec", "size", "build s", "agree S", "agree T", "status")
 LEGEND = "agree S / T: top-1 agreement with the FP32 student / the teacher on field images"
-STATUS_STYLE = {
-    "ok": "[green]ok[/]",
-    "failed_gate": "[yellow]failed gate[/]",
-    "failed": "[red]failed[/]",
-    "on_device": "[cyan]on device[/]",
-}
 
 
 def export(
@@ -123,8 +118,8 @@ def export(
     )
     result = export_run(run, request)  # holds the run folder's lock
     _print(result)
-    failed = [o for o in result.outcomes if o.status == "failed"]
-    gated = [o for o in result.outcomes if o.status == "failed_gate"]
+    failed = [o for o in result.outcomes if o.status == ArtifactStatus.FAILED]
+    gated = [o for o in result.outcomes if o.status == ArtifactStatus.FAILED_GATE]
     if gated:
         names = ", ".join(o.name for o in gated)
         raise GateFailed(f"{names} failed the {gate} top-1 agreement gate: {gated[0].reason}")
@@ -177,7 +172,7 @@ def _print(result: ExportResult) -> None:
                 f"{entry['build_s']:.1f}" if "build_s" in entry else "-",
                 pct(parity.get("agree_student")),
                 pct(parity.get("agree_teacher")),
-                STATUS_STYLE.get(outcome.status, escape(outcome.status)),
+                status_markup(outcome.status, EXPORT_GATE_STYLE),
             )
         )
     columns = [(c, "left" if c in ("artifact", "prec", "status") else "right") for c in COLUMNS]

@@ -14,7 +14,8 @@ from eikd_edge.device_result import DeviceResult, import_device_result
 from eikd_edge.errors import GateFailed
 from eikd_edge.fitted_tables import print_fitted
 from eikd_edge.run import NAMES
-from eikd_edge.ui import pct
+from eikd_edge.status import ArtifactStatus
+from eikd_edge.ui import pct, status_markup
 
 if TYPE_CHECKING:
     from eikd_edge.validate import ValidationResult
@@ -26,8 +27,6 @@ LEGEND = (
     "flips: top-1 changed vs the student",
     "Δprob, Δlogit: largest |difference| in softmax and logits",
 )
-
-STATUS_STYLE = {"ok": "[green]ok[/]", "failed_gate": "[red]failed gate[/]", "failed": "[red]failed[/]"}
 
 
 def validate(
@@ -64,7 +63,7 @@ def validate(
         with writing_run(run, "validate"):
             imported = import_device_result(RunPaths(run), device_result)
         _print_device(imported)
-        failed = [e for e in imported.engines.values() if e.status != "ok"]
+        failed = [e for e in imported.engines.values() if e.status != ArtifactStatus.OK]
         if failed:
             names = ", ".join(f"{e.name} ({e.reason})" for e in failed)
             raise GateFailed(f"{len(failed)} engine(s) failed validation on the device: {names}")
@@ -97,8 +96,7 @@ def _print(result: ValidationResult) -> None:
                 _sci(p.max_abs_dprob),
                 _sci(p.max_abs_dlogit),
             )
-        status = STATUS_STYLE.get(check.status, f"[dim]{escape(check.status)}[/]")
-        rows.append((escape(check.name), *cells, *val_cell(p.top1 if p else None), status))
+        rows.append((escape(check.name), *cells, *val_cell(p.top1 if p else None), status_markup(check.status)))
     title = f"Parity on {images['n']} {escape(str(images['source']))} images, gate {result.gate:.1%}"
     print_fitted(title, [(c, "left" if c in ("artifact", "status") else "right") for c in columns], rows, console)
     for line in (*LEGEND, *(("top-1: accuracy on --val",) if has_val else ())):
@@ -127,7 +125,7 @@ def _print_device(result: DeviceResult) -> None:
                 _sci(p.max_abs_dlogit) if p and p.max_abs_dlogit is not None else "-",
                 " / ".join(f"{x.p50_ms:.2f} ({x.batch})" for x in engine.latency) or "-",
                 f"{lat.images_per_s:.0f}" if lat and lat.images_per_s else "-",
-                STATUS_STYLE.get(engine.status, escape(engine.status)),
+                status_markup(engine.status),
             )
         )
     title = escape(f"On the device: {where}, TensorRT {info.tensorrt_version}, {result.parity_set.n} images")

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from eikd_edge.atomic import write_atomic, write_json_atomic
+from eikd_edge.backends import device_bound_formats
 from eikd_edge.export.record import read_record
 from eikd_edge.export.targets import Target
 from eikd_edge.formats import (
     DEVICE_SCRIPT,
-    FORMATS,
     PARITY_IMAGES,
     PARITY_JSON,
     PARITY_REFERENCE,
@@ -84,7 +84,7 @@ def clear_other_target(run: RunPaths, target: Target) -> list[str]:
     previous = record.get("target")
     if not previous or previous == target.name:
         return []
-    engines = [f.file for f in FORMATS if f.backend == "tensorrt"]
+    engines = [f.file for f in device_bound_formats()]
     names = [
         *TARGET_FILES,
         *(n + ".refused" for n in TARGET_FILES),
@@ -97,8 +97,8 @@ def clear_other_target(run: RunPaths, target: Target) -> list[str]:
         if path.is_file():
             path.unlink()
             removed.append(name)
-    trt = {f.name for f in FORMATS if f.backend == "tensorrt"}
-    record["artifacts"] = {k: v for k, v in record["artifacts"].items() if k not in trt}
+    bound = {f.name for f in device_bound_formats()}
+    record["artifacts"] = {k: v for k, v in record["artifacts"].items() if k not in bound}
     for key in ("on_device", "device_results"):
         record.pop(key, None)
     record["target"] = target.name

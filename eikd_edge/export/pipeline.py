@@ -36,6 +36,7 @@ from eikd_edge.run import RunPaths
 from eikd_edge.run_files import read_export
 from eikd_edge.runfolder import writing_run
 from eikd_edge.runtime import OnnxPredictor, TensorRTPredictor
+from eikd_edge.status import ArtifactStatus
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class ExportRequest:
 @dataclass(frozen=True)
 class Outcome:
     name: str
-    status: str  # ok | failed_gate | failed | on_device
+    status: ArtifactStatus  # ok | failed_gate | failed | on_device
     reason: str | None
     entry: dict[str, Any]
 
@@ -170,7 +171,8 @@ def _export(run: RunPaths, request: ExportRequest) -> ExportResult:
     script = _write_script(ctx, on_device) if on_device else None
     outcomes += ctx.gated
     for name, info in on_device.items():
-        outcomes.append(Outcome(name, "on_device", f"{info['reason']}: build on the device with {BUILD_SCRIPT}", info))
+        reason = f"{info['reason']}: build on the device with {BUILD_SCRIPT}"
+        outcomes.append(Outcome(name, ArtifactStatus.ON_DEVICE, reason, info))
     return ExportResult(outcomes, target, run.export_record, script, ctx.ref.notes)
 
 
@@ -183,7 +185,7 @@ def _stale_dependents(run: RunPaths, request: ExportRequest) -> list[str]:
     return [
         f"{name} was built from the previous student.onnx; export it again"
         for name, entry in existing.items()
-        if name not in rebuilt and entry.status != "failed"
+        if name not in rebuilt and entry.status != ArtifactStatus.FAILED
     ]
 
 
@@ -213,7 +215,7 @@ def _guarded(ctx: _Context, name: str, build: Callable[[], dict[str, Any]]) -> O
             "precision": fmt.precision,
             "backend": fmt.backend,
             "build_s": round(time.perf_counter() - start, 3),
-            "status": "failed",
+            "status": ArtifactStatus.FAILED,
             "reason": reason,
         }
     merge_record(ctx.run, replace={name: entry}, top={"target": ctx.target.name})
@@ -234,7 +236,7 @@ def _entry(ctx: _Context, name: str, path: Path, build_s: float, opset: int, log
         "input_shape": ["batch", *ctx.chw],
         "build_s": round(build_s, 3),
         "status": status,
-        "reason": None if status == "ok" else gate_reason(checked),
+        "reason": None if status == ArtifactStatus.OK else gate_reason(checked),
         "parity": result,
     }
 
@@ -277,7 +279,7 @@ def _build_int8(ctx: _Context, onnx_path: Path) -> dict[str, Any]:
             slower_int8_note(result.chosen.latency_ms_batch, result.fp32_latency_ms_batch, result.chosen.batch)
         )
     advice = result.advice()
-    if entry["status"] == "failed_gate" and advice:
+    if entry["status"] == ArtifactStatus.FAILED_GATE and advice:
         entry["reason"] = f"{entry['reason']}; {advice}"
     return entry
 
@@ -367,9 +369,9 @@ def _qdq_for_device(ctx: _Context, info: dict[str, Any]) -> str | None:
         f"written (nodes that cost most when quantized: {worst}); try --calib-images "
         f"{max(2 * ctx.request.calib_images, 512)}, a lower --gate, or --fp16"
     )
-    info.update(status="failed_gate", reason=reason, target=ctx.target.name)
+    info.update(status=ArtifactStatus.FAILED_GATE, reason=reason, target=ctx.target.name)
     info.pop("script", None)
-    ctx.gated.append(Outcome("trt-int8", "failed_gate", reason, info))
+    ctx.gated.append(Outcome("trt-int8", ArtifactStatus.FAILED_GATE, reason, info))
     return None
 
 

@@ -8,6 +8,7 @@ from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
 from eikd_edge.run import RunPaths
 from eikd_edge.run_files import read_export
+from eikd_edge.status import ArtifactStatus, gate_status
 
 
 def read_record(run: RunPaths) -> dict[str, Any]:
@@ -39,5 +40,5 @@ def merge_record(
     return data
 
 
-def status_for(parity: dict[str, Any] | None) -> str:
-    return "ok" if parity is None or parity.get("passed") else "failed_gate"
+def status_for(parity: dict[str, Any] | None) -> ArtifactStatus:
+    return gate_status(parity is None or bool(parity.get("passed")))

@@ -13,16 +13,19 @@ from eikd_edge.device_identity import identity
 from eikd_edge.errors import EikdError
 from eikd_edge.export import device as dev
 from eikd_edge.export.targets import load_target
+from eikd_edge.status import ArtifactStatus
 
 
-def refusal_status(intended_here: str | None, reason: str) -> tuple[str, str]:
+def refusal_status(intended_here: str | None, reason: str) -> tuple[ArtifactStatus, str]:
     """(status, reason) for a refused engine; `intended_here` is None on the target's device, else why it is not."""
     if intended_here is None:
-        return "failed", reason
-    return "skipped", f"{reason} (not this engine's device: {intended_here})"
+        return ArtifactStatus.FAILED, reason
+    return ArtifactStatus.SKIPPED, f"{reason} (not this engine's device: {intended_here})"
 
 
-def engine_failure_status(target_name: Any, reason: str, device: dict[str, Any] | None = None) -> tuple[str, str]:
+def engine_failure_status(
+    target_name: Any, reason: str, device: dict[str, Any] | None = None
+) -> tuple[ArtifactStatus, str]:
     """refusal_status with the engine's target profile matched against this machine (or `device`)."""
     try:
         target = load_target(str(target_name)) if target_name else None

@@ -39,6 +39,7 @@ from eikd_edge.run_files import (
     read_validation,
 )
 from eikd_edge.run_results import first, model_quality
+from eikd_edge.status import is_failure
 
 SCHEMA = "eikd-edge/report"
 SECTIONS = {
@@ -53,7 +54,6 @@ SECTIONS = {
 NOVEL_TITLE = "Novel field samples"  # a section only when selection.json has a "novel" entry
 THUMBS = 8  # per group
 MIN_ITERS = 10  # fewer timed iterations than this: a latency (and any speed-up from it) is noise, not a measurement
-FAILED = ("failed_gate", "failed")  # validation states of an artifact that must not ship
 File = TypeVar("File", bound=RunFile)
 
 
@@ -442,9 +442,9 @@ def _speed_rows(bench: BenchResult) -> list[SpeedRow]:
 def failed_models(report: Report) -> set[str]:
     """Artifacts whose latest validation (validate.json, else the export's own parity check) failed: drawn and
     labelled as such, never shown as "ok"."""
-    failed = {r.model for r in report.headline.quality if r.status in FAILED or r.gate_passed is False}
+    failed = {r.model for r in report.headline.quality if is_failure(r.status) or r.gate_passed is False}
     for name, entry in ((report.validation or {}).get("artifacts") or {}).items():
-        if isinstance(entry, dict) and entry.get("status") in FAILED:
+        if isinstance(entry, dict) and is_failure(entry.get("status")):
             failed.add(str(name))
     return failed
 
