@@ -23,8 +23,8 @@ import torch
 
 from benchmarks.common import RESULTS, machine
 from eikd_edge.checkpoint import load_student, save_student
+from eikd_edge.export.int8_settings import QuantSetting, quantize_one
 from eikd_edge.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
-from eikd_edge.export.quantize import QuantSetting, quantize_one
 from eikd_edge.models import timm_zoo
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.zoo import build_model, count_macs, count_parameters, for_export

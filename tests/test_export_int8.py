@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from eikd_edge.checkpoint import load_student
 from eikd_edge.cli import app
 from eikd_edge.export.fieldset import calibration_entries, parity_entries, read_manifest, stratified
-from eikd_edge.export.quantize import CANDIDATES
+from eikd_edge.export.int8_settings import CANDIDATES
 from eikd_edge.runtime import OnnxPredictor, TorchPredictor
 
 runner = CliRunner()
@@ -86,7 +86,9 @@ def test_stratified_round_robin_keeps_rare_classes() -> None:
 
 def test_an_int8_model_not_faster_than_fp32_is_not_recommended(int8_run: FixtureRun, tmp_path: Path) -> None:
     from eikd_edge.commands.export_cmd import _int8_line
-    from eikd_edge.export.quantize import Candidate, QuantResult, QuantSetting
+    from eikd_edge.export.int8_candidates import Candidate
+    from eikd_edge.export.int8_settings import QuantSetting
+    from eikd_edge.export.quantize import QuantResult
 
     slow = Candidate(QuantSetting("s8"), 3.0, 9.0, 8, 0.995, 0.1, True, n_images=1000)
     record = QuantResult(tmp_path / "i8.onnx", slow, [slow], 1.0, 4.0, 64, 1.0, 1000).record()

@@ -16,12 +16,14 @@ from eikd_edge.checkpoint import load_student
 from eikd_edge.cli import app
 from eikd_edge.data import normalize
 from eikd_edge.export.fieldset import is_tuning, parity_entries, read_manifest
+from eikd_edge.export.int8_candidates import agreement, run_logits
+from eikd_edge.export.int8_settings import QuantSetting, quantize_one
 from eikd_edge.export.onnx import export_onnx
 from eikd_edge.export.parity import MAX_IMAGES
 from eikd_edge.export.qad import distill_quantized, spare_field_images
 from eikd_edge.export.qdq_tensorrt import quantize_for_tensorrt
 from eikd_edge.export.qdq_torch import QDQModule
-from eikd_edge.export.quantize import QuantSetting, agreement, choose_int8, quantize_one, run_logits
+from eikd_edge.export.quantize import choose_int8
 from eikd_edge.ort_session import session
 
 runner = CliRunner()
@@ -105,7 +107,7 @@ def test_qad_never_leaves_post_training_alone(student: tuple, tmp_path: Path) ->
 
 
 def test_selection_prefers_a_wilson_lower_bound_above_the_gate() -> None:
-    from eikd_edge.export.quantize import Candidate, select
+    from eikd_edge.export.int8_candidates import Candidate, select
 
     fast = Candidate(HARSH, 1.0, 1.0, 8, 0.991, 0.1, True, n_images=1000)  # passes, lower bound ~0.983
     sound = Candidate(QuantSetting("u8"), 1.0, 1.2, 8, 0.999, 0.1, True, n_images=1000)  # lower bound ~0.994
@@ -116,7 +118,7 @@ def test_selection_prefers_a_wilson_lower_bound_above_the_gate() -> None:
 def test_qad_runs_when_post_training_passes_only_by_a_hair() -> None:
     """On a sample large enough for a lower bound to clear the gate, a pass by a hair (the quickstart's 99.04%
     on 1,778 images) still calls for QAD; a sound pass does not; on a small sample only a failure does."""
-    from eikd_edge.export.quantize import Candidate, qad_trigger
+    from eikd_edge.export.int8_candidates import Candidate, qad_trigger
 
     def candidate(agree: float, n: int) -> Candidate:
         return Candidate(HARSH, 1.0, 1.0, 8, agree, 0.1, agree >= 0.99, n_images=n)

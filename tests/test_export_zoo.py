@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from eikd_edge.checkpoint import load_student, save_student
+from eikd_edge.export.int8_settings import QuantSetting, quantize_one
 from eikd_edge.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
-from eikd_edge.export.quantize import QuantSetting, quantize_one, session
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.zoo import build_model, export_status, for_export, list_architectures
+from eikd_edge.ort_session import session
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 DEFAULT_RUN = ("cifar_resnet8", "mobilenet_v3_small", "timm:repvit_m0_9")

@@ -84,9 +84,9 @@ def export(
 
     --trt without --target builds for x86-dgpu (a desktop NVIDIA GPU); name a Jetson with --target.
     """
+    from eikd_edge.export.int8_candidates import QAD_MODES
     from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
     from eikd_edge.export.pipeline import export_run
-    from eikd_edge.export.quantize import QAD_MODES
 
     if (fp16 or fp32) and not trt:
         raise EikdError("--fp16/--fp32 choose TensorRT precisions: add --trt")

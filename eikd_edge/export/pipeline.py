@@ -23,10 +23,11 @@ from eikd_edge.export.agreement import coarse_gate_note
 from eikd_edge.export.device_bundle import clear_other_target, copy_device_script, write_parity_set
 from eikd_edge.export.fieldset import folder_images, run_field_images
 from eikd_edge.export.fp16 import write_fp16
+from eikd_edge.export.int8_candidates import run_logits
 from eikd_edge.export.parity import DEFAULT_GATE, MAX_IMAGES, Reference, gate_reason, parity, reference_outputs
 from eikd_edge.export.qad import spare_field_images
 from eikd_edge.export.qdq_tensorrt import TensorRTQDQ, quantize_for_tensorrt
-from eikd_edge.export.quantize import choose_int8, run_logits
+from eikd_edge.export.quantize import choose_int8
 from eikd_edge.export.record import merge_record, status_for
 from eikd_edge.export.targets import DEFAULT_TARGET, Target, load_target
 from eikd_edge.formats import BUILD_SCRIPT, FP16_ONNX, TRT_QDQ_ONNX, get_format, trt_format

@@ -29,16 +29,9 @@ from onnx import numpy_helper
 
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import FieldImages, decode_entries, folder_images, read_manifest, stratified
+from eikd_edge.export.int8_candidates import QAD_SLOWDOWN, Candidate, agreement, interleaved_latency, run_logits
+from eikd_edge.export.int8_settings import QuantSetting, quantize_one
 from eikd_edge.export.qdq_torch import QDQModule
-from eikd_edge.export.quantize import (
-    QAD_SLOWDOWN,
-    Candidate,
-    QuantSetting,
-    agreement,
-    interleaved_latency,
-    quantize_one,
-    run_logits,
-)
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.ort_session import session as ort_session
 from eikd_edge.run import RunPaths

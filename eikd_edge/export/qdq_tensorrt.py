@@ -15,14 +15,9 @@ import numpy as np
 
 from eikd_edge.atomic import write_atomic
 from eikd_edge.export.agreement import wilson_interval
-from eikd_edge.export.quantize import (
-    QuantSetting,
-    agreement,
-    keep_sensitive_in_fp32,
-    quantize_one,
-    run_logits,
-    short_of_sound,
-)
+from eikd_edge.export.int8_candidates import agreement, run_logits, short_of_sound
+from eikd_edge.export.int8_settings import QuantSetting, quantize_one
+from eikd_edge.export.mixed_precision import keep_sensitive_in_fp32
 from eikd_edge.ort_session import session
 
 # TensorRT explicit quantization accepts only symmetric INT8 (zero point 0) and float biases; the Q/DQ layout is
