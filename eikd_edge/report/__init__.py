@@ -6,7 +6,8 @@ from pathlib import Path
 
 from eikd_edge.atomic import write_json_atomic, write_text_atomic
 from eikd_edge.data import display_name
-from eikd_edge.report.model import Report, build_report
+from eikd_edge.report.build import build_report
+from eikd_edge.report.model import Report
 from eikd_edge.run import RunPaths
 
 __all__ = ["Report", "build_report", "write_report"]
