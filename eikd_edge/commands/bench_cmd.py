@@ -70,9 +70,9 @@ def bench(
 
 def _print(result: BenchResult) -> None:
     """The bench table at any terminal width: stacked into parts when too wide, no column dropped."""
-    from eikd_edge.report import tables
+    from eikd_edge.report import bench_table
 
-    table = tables.bench(result)
+    table = bench_table.bench(result)
     rows = [tuple(_style(cell) for cell in row) for row in table.rows]
     columns = [(c, "left" if c in table.left else "right") for c in table.columns]
     print_fitted(escape(table.title), columns, rows, console, keys=_KEYS)

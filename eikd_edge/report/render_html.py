@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from eikd_edge.report import tables
+from eikd_edge.report import bench_table, summaries, tables
 from eikd_edge.report.model import Report
 from eikd_edge.report.tables import TextTable
 
@@ -77,18 +77,18 @@ def render_html(report: Report) -> str:
             html_table(tables.compression(report)),
             html_table(tables.speed(report)),
             html_table(tables.quality(report)),
-            _para(tables.verdict_line(report)),
+            _para(summaries.verdict_line(report)),
         ],
-        "selection": [_para(tables.selection_summary(report)), html_table(tables.selection_classes(report))],
+        "selection": [_para(summaries.selection_summary(report)), html_table(tables.selection_classes(report))],
         "novel": [
-            _para(tables.novel_summary(report)),
+            _para(summaries.novel_summary(report)),
             html_table(tables.novel_clusters(report)),
             *_novel_empty(report, figs),
         ],
-        "training": [_para(tables.training_summary(report)), html_table(tables.history(report))],
+        "training": [_para(summaries.training_summary(report)), html_table(tables.history(report))],
         "validation": [html_table(tables.validation(report)) if report.validation else _empty("not validated")],
-        "benchmark": [html_table(tables.run_bench(report)) if report.bench else _empty("not benchmarked")],
-        "confusion": [_para(line) for line in tables.confusion_summary(report)] or [_empty("not computed")],
+        "benchmark": [html_table(bench_table.run_bench(report)) if report.bench else _empty("not benchmarked")],
+        "confusion": [_para(line) for line in summaries.confusion_summary(report)] or [_empty("not computed")],
         "images": [] if figs.get("images") else [_empty("no field images available")],
     }
     sections = "".join(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eikd_edge.report import tables
+from eikd_edge.report import bench_table, summaries, tables
 from eikd_edge.report.model import Report
 from eikd_edge.report.tables import TextTable
 
@@ -35,25 +35,25 @@ def render_markdown(report: Report) -> str:
         md_table(tables.compression(report)),
         md_table(tables.speed(report)),
         md_table(tables.quality(report)),
-        tables.verdict_line(report) + "\n",
+        summaries.verdict_line(report) + "\n",
         f"## {s['selection']}",
         "",
-        tables.selection_summary(report) + "\n",
+        summaries.selection_summary(report) + "\n",
         md_table(tables.selection_classes(report)),
         *(_novel_text(report) if "novel" in s else []),
         f"## {s['training']}",
         "",
-        tables.training_summary(report) + "\n",
+        summaries.training_summary(report) + "\n",
         md_table(tables.history(report)),
         f"## {s['validation']}",
         "",
         md_table(tables.validation(report)) if report.validation else "_not validated_\n",
         f"## {s['benchmark']}",
         "",
-        md_table(tables.run_bench(report)) if report.bench else "_not benchmarked_\n",
+        md_table(bench_table.run_bench(report)) if report.bench else "_not benchmarked_\n",
         f"## {s['confusion']}",
         "",
-        "".join(f"- {line}\n" for line in tables.confusion_summary(report)) or "_not computed_\n",
+        "".join(f"- {line}\n" for line in summaries.confusion_summary(report)) or "_not computed_\n",
         f"## {s['images']}",
         "",
         _images_text(report),
@@ -81,7 +81,7 @@ def _novel_text(report: Report) -> list[str]:
     return [
         f"## {report.sections['novel']}",
         "",
-        tables.novel_summary(report) + "\n",
+        summaries.novel_summary(report) + "\n",
         md_table(tables.novel_clusters(report)),
         *([examples] if examples else []),
     ]

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from eikd_edge.fitted_tables import print_fitted
-from eikd_edge.report import tables
+from eikd_edge.report import summaries, tables
 from eikd_edge.report.model import Report
 from eikd_edge.report.tables import TextTable
 
@@ -40,7 +40,7 @@ def print_report(report: Report, console: Console) -> None:
         if table.rows:
             print_table(table, console)
     if report.novel is not None:
-        console.print(f"[cyan]novel:[/] {escape(tables.novel_summary(report))}", highlight=False)
+        console.print(f"[cyan]novel:[/] {escape(summaries.novel_summary(report))}", highlight=False)
     if report.selection and report.selection.below_quota:
         names = escape(", ".join(report.selection.below_quota))
         console.print(f"[yellow]classes below quota:[/] {names}", highlight=False)

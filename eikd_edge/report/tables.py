@@ -1,16 +1,14 @@
 """Every table of the report as plain text cells, built once; the terminal, Markdown and HTML renderers only lay
-them out, so the three always agree."""
+them out, so the three always agree. The latency table is in bench_table.py, the one-line summaries in
+summaries.py."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from eikd_edge.bench import BenchResult
 from eikd_edge.report import text as t
-from eikd_edge.report.model import MIN_ITERS, Report, failed_models
-from eikd_edge.run import NAMES
+from eikd_edge.report.model import MIN_ITERS, Report
 
 
 @dataclass(frozen=True)
@@ -221,135 +219,3 @@ def _device_rows(device: Any) -> tuple[list[tuple[str, ...]], list[str]]:
         if latency:
             notes.append(f"{name} on {where} (TensorRT {info.get('tensorrt_version')}): {latency}")
     return rows, notes
-
-
-def _preprocess_note(result: BenchResult) -> str:
-    """Files to the uint8 inputs the table starts from, timed on the same images: add it for files in, logits out."""
-    times = ", ".join(f"batch {p.batch}: p50 {t.ms(p.latency_ms.p50)}" for p in result.preprocess)
-    return f"before these times, field files to inputs ({result.preprocess[0].policy}; 1 thread): {times} ms"
-
-
-def bench(result: BenchResult | None, failed: Collection[str] = ()) -> TextTable:
-    """Compact enough for a 100-column terminal: skip/fail reasons and budget stops go to footnotes.
-
-    `failed`: artifacts whose validation failed (the report passes the latest validate.json state); such a row
-    says "failed gate", never "ok", even though its timing succeeded. A single timed call shows "n=1", not a
-    spread of ± 0.
-    """
-    rows, notes = [], []
-    few = False
-    for r in result.rows if result else []:
-        lat = r.latency_ms
-        spread = (
-            f"{t.ms(lat.mean)} ± {t.ms(lat.std)}" if lat and r.iters != 1 else f"{t.ms(lat.mean)} (n=1)" if lat else ""
-        )
-        numbers = (t.ms(lat.p50), t.ms(lat.p90), t.ms(lat.p99), spread) if lat else ()
-        status = r.status.split(":")[0]
-        few = few or (r.ok and r.iters < MIN_ITERS)
-        if not r.ok:
-            notes.append(f"{r.model}: {r.status}")
-        elif r.model in failed or r.gate_passed is False:
-            status = "failed gate"
-            notes.append(f"{r.model}: failed its validation gate: timed, but not fit to ship")
-        elif r.budget_exhausted:
-            status = "ok*"
-            notes.append(f"{r.model} batch {r.batch}: budget spent after {r.iters} of {r.iters_requested} iterations")
-        rows.append(
-            (
-                r.backend,
-                r.model,
-                r.precision if r.ok or "/" not in r.precision else t.DASH,
-                t.DASH if r.batch is None else str(r.batch),
-                *(numbers or (t.DASH,) * 4),
-                t.rate(r.images_per_s),
-                t.size(r.size_bytes),
-                t.pct(r.agree_teacher),
-                status,
-            )
-        )
-    if few:
-        notes.append(f"timings from fewer than {MIN_ITERS} iterations are unreliable (`--iters 200` for real figures)")
-    if result and result.preprocess:
-        notes.append(_preprocess_note(result))
-    machine = (result.machine if result else {}) or {}
-    threads = sorted({r.threads for r in (result.rows if result else []) if r.threads})
-    caption = (
-        f"ms per call, {machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores, threads "
-        f"{','.join(map(str, threads)) or '-'}), torch {machine.get('torch', '?')}, onnxruntime "
-        f"{machine.get('onnxruntime', '?')}" + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
-    )
-    columns = ("backend", "model", "prec", "batch", "p50", "p90", "p99", "mean ± std", "img/s", "size", "agree T")
-    return TextTable(
-        "Latency (host to host: uint8 images in, logits out)",
-        (*columns, "status"),
-        rows,
-        caption,
-        left=("backend", "model", "prec", "status"),
-        notes=list(dict.fromkeys(notes)),
-    )
-
-
-def _spread(mean: float, std: float, iters: int) -> str:
-    return f"{t.ms(mean)} (n=1)" if iters == 1 else f"{t.ms(mean)} ± {t.ms(std)}"
-
-
-def run_bench(report: Report) -> TextTable:
-    """The run's bench table with each artifact's state taken from its latest validation."""
-    return bench(report.bench, failed_models(report))
-
-
-def verdict_line(report: Report) -> str:
-    h = report.headline
-    if h.validation_passed is None:
-        return "Validation: not run."
-    gate = f" (gate {t.pct(h.gate)} top-1 agreement with the FP32 student)" if h.gate is not None else ""
-    return f"Validation: {'passed' if h.validation_passed else 'FAILED'}{gate}."
-
-
-def selection_summary(report: Report) -> str:
-    sel = report.selection
-    if sel is None:
-        return f"No {NAMES.selection.name}."
-    pool = sel.pool
-    skipped = pool.get("skipped") or {}
-    reasons = ", ".join(f"{k}: {v}" for k, v in (skipped.get("by_reason") or {}).items())
-    text = (
-        f"Pool {pool.get('root', '?')}: {pool.get('files', '?')} files, {pool.get('decoded', '?')} decoded, "
-        f"{skipped.get('count', 0)} skipped{f' ({reasons})' if reasons else ''}. Selected {sel.selected} "
-        f"({sel.train} train, {sel.holdout} held out for label-free validation)."
-    )
-    if sel.below_quota:
-        text += f" Classes below quota: {', '.join(sel.below_quota)}; the field data barely covers them."
-    return text
-
-
-def novel_summary(report: Report) -> str:
-    nov = report.novel
-    if nov is None:
-        return "No novel-sample search."
-    share = f" ({nov.count / nov.pool_size:.1%})" if nov.pool_size else ""
-    return (
-        f"{nov.count} of {nov.pool_size} field images{share} unlike the bulk of the pool: novelty score "
-        f"({nov.rule}) above {nov.score_threshold:.2f}; {len(nov.clusters)} cluster(s) shown. They may be classes "
-        "the teacher was never taught."
-    )
-
-
-def training_summary(report: Report) -> str:
-    tr = report.training
-    if tr is None:
-        return f"No {NAMES.metrics.name}."
-    s = tr.summary
-    return (
-        f"Method {tr.method}: {s.get('epochs', '?')} epochs, {s.get('steps', '?')} steps, "
-        f"{t.seconds(s.get('wall_s'))} on {s.get('device', '?')} ({t.rate(s.get('images_per_s'))} images/s); "
-        f"best epoch {tr.best_epoch} (by teacher agreement on the fixed field slice no method trains on)."
-    )
-
-
-def confusion_summary(report: Report) -> list[str]:
-    matrices = report.confusion.matrices if report.confusion else []
-    return [
-        f"{m.title} on {m.images}: diagonal {m.agreement:.1%} ({m.n} images, {len(m.classes)} classes)"
-        for m in matrices
-    ]
