@@ -5,7 +5,7 @@ normalisation included. The step before it, decoding the field files and bringin
 spec's resize policy (decode, EXIF, resize/crop/pad), is timed beside the rows on the same files. Statistics are
 outlier-robust (median and tail percentiles) with mean ± std beside them, and a per-measurement time budget stops a
 slow backend from stalling the whole run (the number of iterations that ran is recorded). Torch on CUDA also gets
-device compute time from CUDA events.
+device compute time from CUDA events. bench.json's schema is in bench_result.py.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from eikd_edge import __version__
 from eikd_edge.atomic import write_json_atomic
 from eikd_edge.backends import backend_for
+from eikd_edge.bench_result import BenchResult, BenchRow, PreprocessTiming
 from eikd_edge.checkpoint import load_student
 from eikd_edge.data import confined, decode_image, normalize
 from eikd_edge.devices import resolve_device
@@ -35,72 +35,12 @@ from eikd_edge.run_results import model_quality
 from eikd_edge.runtime import TorchPredictor
 
 BACKENDS = BENCH_NAMES  # torch, ort, ort-int8, trt: the formats table's bench names
+
+
 QUALITY_KEYS = ("agree_teacher", "agree_student", "top1", "gate_passed")
+
+
 EXPORT_HINT = EXPORT_FLAGS  # bench name -> the `eikd-edge export` flag that makes its artifacts
-
-
-class BenchRow(BaseModel):
-    """One model on one backend at one batch size; `status` is "ok", "skipped: why" or "failed: why"."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str  # an artifact name from the formats table, or "teacher"
-    backend: str  # torch | ort | ort-int8 | trt
-    precision: str
-    batch: int | None
-    status: str
-    device: str | None = None
-    threads: int | None = None
-    warmup: int = 0
-    iters: int = 0
-    iters_requested: int = 0
-    budget_exhausted: bool = False
-    elapsed_s: float = 0.0
-    latency_ms: LatencyStats | None = None
-    device_ms: LatencyStats | None = None  # device compute only, where the backend exposes it
-    images_per_s: float | None = None
-    size_bytes: int | None = None
-    agree_teacher: float | None = None
-    agree_student: float | None = None
-    top1: float | None = None
-    gate_passed: bool | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-class PreprocessTiming(BaseModel):
-    """Field files to the uint8 input the rows start from, by the spec's policy, at one batch size (one thread)."""
-
-    model_config = ConfigDict(extra="forbid")
-    policy: str  # preprocess.describe of the student's spec
-    batch: int
-    iters: int
-    budget_exhausted: bool = False
-    latency_ms: LatencyStats
-    images_per_s: float
-
-
-class BenchResult(BaseModel):
-    """RUN/bench.json."""
-
-    model_config = ConfigDict(extra="forbid")
-    created_with: str
-    created_at: str
-    machine: dict[str, Any]
-    settings: dict[str, Any]
-    images: dict[str, Any]
-    rows: list[BenchRow]
-    preprocess: list[PreprocessTiming] = []  # empty in bench.json files written before it was timed
-
-    def speedups(self, reference: str = "pytorch") -> dict[tuple[str, int], float]:
-        """p50 speed-up of every measured row over the PyTorch eager student at the same batch size."""
-        base = {r.batch: r.latency_ms.p50 for r in self.rows if r.model == reference and r.ok and r.latency_ms}
-        return {
-            (r.model, r.batch): base[r.batch] / r.latency_ms.p50
-            for r in self.rows
-            if r.ok and r.latency_ms and r.batch in base and r.latency_ms.p50 > 0
-        }
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import pytest
 from run_fixture import FixtureRun, fresh_run
 from typer.testing import CliRunner
 
-from eikd_edge.bench import BenchOptions, BenchResult, bench_run
+from eikd_edge.bench import BenchOptions, bench_run
+from eikd_edge.bench_result import BenchResult
 from eikd_edge.cli import app
 from eikd_edge.latency import latency_stats, time_calls
 

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from eikd_edge.bench import BenchResult, BenchRow, PreprocessTiming
+from eikd_edge.bench_result import BenchResult, BenchRow, PreprocessTiming
 from eikd_edge.latency import LatencyStats
 from eikd_edge.report.confusion import Confusion, ConfusionSection
 from eikd_edge.report.model import (

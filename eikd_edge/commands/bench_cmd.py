@@ -15,7 +15,7 @@ from eikd_edge.fitted_tables import print_fitted
 from eikd_edge.formats import BENCH_NAMES
 
 if TYPE_CHECKING:
-    from eikd_edge.bench import BenchResult
+    from eikd_edge.bench_result import BenchResult
 
 BACKENDS = BENCH_NAMES  # as eikd_edge.bench.BACKENDS, from the light formats table (`--help` imports no torch)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from eikd_edge.bench import BenchResult
+from eikd_edge.bench_result import BenchResult
 from eikd_edge.report import text as t
 from eikd_edge.report.model import MIN_ITERS, Report, failed_models
 from eikd_edge.report.tables import TextTable

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from eikd_edge import __version__
-from eikd_edge.bench import BenchResult
+from eikd_edge.bench_result import BenchResult
 from eikd_edge.checkpoint import load_student
 from eikd_edge.data import confined
 from eikd_edge.errors import EikdError

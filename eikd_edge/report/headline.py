@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eikd_edge.bench import BenchResult
+from eikd_edge.bench_result import BenchResult
 from eikd_edge.formats import FORMATS
 from eikd_edge.report.model import MIN_ITERS, Headline, QualityRow, SizeRow, SpeedRow
 from eikd_edge.run import RunPaths, read_resolved

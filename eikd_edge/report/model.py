@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from eikd_edge.bench import BenchResult
+from eikd_edge.bench_result import BenchResult
 from eikd_edge.report.confusion import ConfusionSection
 from eikd_edge.status import is_failure
 
