@@ -53,14 +53,7 @@ def export_run(root: Path, request: ExportRequest) -> ExportResult:
 def _export(run: RunPaths, request: ExportRequest) -> ExportResult:
     if not run.root.is_dir():
         raise EikdError(f"run folder not found: {run.root}")
-    target = load_target(request.target)
-    if request.opset is not None and request.opset > target.max_opset:
-        raise EikdError(
-            f"--opset {request.opset} is above what target {target.name} parses (max_opset {target.max_opset}); "
-            f"use --opset {target.max_opset} or lower"
-        )
-    if request.trt_precisions and target.backend != "tensorrt":
-        raise EikdError(f"target {target.name} runs ONNX Runtime, not TensorRT; pick a TensorRT --target for --trt")
+    target = _target(request)
     ckpt = load_student(run.student)
     onnx_export.sweep_temp_folders()  # left by a killed export; RUN/export/.int8-* go with the run lock's sweep
     run.export_dir.mkdir(parents=True, exist_ok=True)
@@ -69,9 +62,8 @@ def _export(run: RunPaths, request: ExportRequest) -> ExportResult:
         images = folder_images(request.images, ckpt.spec, MAX_IMAGES)
     else:
         images = run_field_images(run, ckpt.spec, "parity", MAX_IMAGES)
-    ctx = ExportContext(
-        run, ckpt, target, request, reference_outputs(run, ckpt, images, trust_pickle=request.trust_pickle)
-    )
+    ref = reference_outputs(run, ckpt, images, trust_pickle=request.trust_pickle)
+    ctx = ExportContext(run, ckpt, target, request, ref)
     ctx.ref.notes.extend(switched)
     coarse = coarse_gate_note(len(images))
     if coarse and (request.int8 or request.trt_precisions):
@@ -101,6 +93,19 @@ def _export(run: RunPaths, request: ExportRequest) -> ExportResult:
         reason = f"{info['reason']}: build on the device with {BUILD_SCRIPT}"
         outcomes.append(Outcome(name, ArtifactStatus.ON_DEVICE, reason, info))
     return ExportResult(outcomes, target, run.export_record, script, ctx.ref.notes)
+
+
+def _target(request: ExportRequest) -> Target:
+    """The requested target, refused when the request asks for what it cannot parse or run."""
+    target = load_target(request.target)
+    if request.opset is not None and request.opset > target.max_opset:
+        raise EikdError(
+            f"--opset {request.opset} is above what target {target.name} parses (max_opset {target.max_opset}); "
+            f"use --opset {target.max_opset} or lower"
+        )
+    if request.trt_precisions and target.backend != "tensorrt":
+        raise EikdError(f"target {target.name} runs ONNX Runtime, not TensorRT; pick a TensorRT --target for --trt")
+    return target
 
 
 def _stale_dependents(run: RunPaths, request: ExportRequest) -> list[str]:

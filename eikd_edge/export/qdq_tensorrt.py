@@ -82,12 +82,7 @@ def quantize_for_tensorrt(
             best = max(graded, key=lambda c: c.agree)  # ties: the first, post-training minmax
             built = best.path
             if best.agree < gate:
-                base = max((c for c in graded if c.method == "ptq"), key=lambda c: c.agree)
-                mixed = keep_sensitive_in_fp32(fp32, base.setting, calib, evaluation, reference, gate, work, threads)
-                ranking = mixed.ranking
-                if mixed.agree > best.agree:
-                    built, excluded = mixed.path, mixed.excluded
-                    graded.append(_TensorRTCandidate(base.setting, "ptq", mixed.agree, n, mixed.path, mixed.excluded))
+                built, excluded, ranking = _mixed(fp32, graded, best, calib, evaluation, reference, gate, work, threads)
         write_atomic(out, lambda t: shutil.copyfile(built, t))
     candidates = [c.to_dict(c.path == built) for c in graded]
     return TensorRTQDQ(out, excluded, ranking, qad_record, candidates)
@@ -114,6 +109,28 @@ class _TensorRTCandidate:
             "fp32_nodes": list(self.fp32_nodes),
             "chosen": chosen,
         }
+
+
+def _mixed(
+    fp32: Path,
+    graded: list[_TensorRTCandidate],
+    best: _TensorRTCandidate,
+    calib: np.ndarray,
+    evaluation: np.ndarray,
+    reference: np.ndarray,
+    gate: float,
+    work: Path,
+    threads: int,
+) -> tuple[Path, tuple[str, ...], list[dict[str, Any]]]:
+    """Below the gate: the most faithful post-training setting with its most sensitive nodes kept in FP32, kept (and
+    added to `graded`) when it agrees more than `best`; the file to keep, its FP32 nodes and the sensitivity ranking."""
+    base = max((c for c in graded if c.method == "ptq"), key=lambda c: c.agree)
+    mixed = keep_sensitive_in_fp32(fp32, base.setting, calib, evaluation, reference, gate, work, threads)
+    if mixed.agree > best.agree:
+        n = len(evaluation)
+        graded.append(_TensorRTCandidate(base.setting, "ptq", mixed.agree, n, mixed.path, mixed.excluded))
+        return mixed.path, mixed.excluded, mixed.ranking
+    return best.path, (), mixed.ranking
 
 
 def _tensorrt_qad_record(trigger: str, runs: list[tuple[_TensorRTCandidate | None, dict[str, Any]]]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from eikd_edge.export.int8_candidates import (
     select,
 )
 from eikd_edge.export.int8_settings import CANDIDATES, QuantSetting, quantize_one
-from eikd_edge.export.mixed_precision import MAX_FP32_NODES, keep_sensitive_in_fp32
+from eikd_edge.export.mixed_precision import MAX_FP32_NODES, MixedPrecision, keep_sensitive_in_fp32
 from eikd_edge.ort_session import session
 
 
@@ -108,64 +108,107 @@ def choose_int8(
         raise EikdError(f"--qad must be one of {', '.join(QAD_MODES)}, got {qad!r}")
     if reference is None:  # the FP32 model's logits on `evaluation`, when the caller has not computed them
         reference = run_logits(session(fp32, threads), evaluation)
-    n = len(evaluation)
     x1, xb = evaluation[:1], _batch_of(evaluation, batch)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out.parent) as tmp:
-        cache = Path(tmp)
-        paths = [quantize_one(fp32, cache / f"c{i}.onnx", s, calib, cache) for i, s in enumerate(candidates)]
-        sessions = [session(fp32, threads)] + [session(p, threads) for p in paths]
-        lat_b1 = interleaved_latency(sessions, x1, budget_s / 2)
-        lat_bn = interleaved_latency(sessions, xb, budget_s / 2)
-        results = []
-        for i, setting in enumerate(candidates):
-            logits = run_logits(sessions[i + 1], evaluation)
-            agree = agreement(logits, reference)
-            dlogit = float(np.abs(logits - reference).max())
-            results.append(
-                Candidate(setting, lat_b1[i + 1], lat_bn[i + 1], len(xb), agree, dlogit, agree >= gate, n_images=n)
-            )
-        sources = {id(c): p for c, p in zip(results, paths, strict=True)}
-        qad_record = None
-        trigger = "requested" if qad == "always" else qad_trigger(results, gate, n) if qad == "auto" else None
-        if trigger is not None:
-            from eikd_edge.export.qad import qad_candidate
-
-            spare = qad_images() if qad_images else None
-            tuned = qad_candidate(
-                fp32, results, paths, calib, spare, evaluation, reference, gate, cache, threads,
-                (sessions[0], x1, xb, budget_s), qad_steps,
-            )  # fmt: skip
-            qad_record = {"trigger": trigger, **tuned.record}
-            if tuned.candidate is not None:
-                results.append(tuned.candidate)
-                sources[id(tuned.candidate)] = tuned.path
-        passing = [c for c in results if c.passed]
-        sensitivity: list[dict[str, Any]] = []
-        if passing:
-            chosen = select(passing, gate)
-            source = sources[id(chosen)]
-        else:
-            best = max(results, key=lambda c: (c.agree_fp32, -c.latency_ms_batch))
-            ptq_best = max(results[: len(candidates)], key=lambda c: (c.agree_fp32, -c.latency_ms_batch))
-            mixed = keep_sensitive_in_fp32(fp32, ptq_best.setting, calib, evaluation, reference, gate, cache, threads)
-            sensitivity = mixed.ranking
-            chosen, source = best, sources[id(best)]
-            if mixed.agree > best.agree_fp32:
-                mixed_session = session(mixed.path, threads)
-                b1 = interleaved_latency([sessions[0], mixed_session], x1, budget_s / 4)[1]
-                bn = interleaved_latency([sessions[0], mixed_session], xb, budget_s / 4)[1]
-                dlogit = float(np.abs(run_logits(mixed_session, evaluation) - reference).max())
-                chosen = Candidate(
-                    ptq_best.setting, b1, bn, len(xb), mixed.agree, dlogit, mixed.agree >= gate, mixed.excluded,
-                    n_images=n,
-                )  # fmt: skip
-                results.append(chosen)
-                source = mixed.path
+        g = _Grading(fp32, calib, evaluation, reference, gate, Path(tmp), threads, budget_s, x1, xb)
+        _grade(g, candidates)
+        n = len(evaluation)
+        trigger = "requested" if qad == "always" else qad_trigger(g.results, gate, n) if qad == "auto" else None
+        qad_record = _add_qad(g, trigger, qad_images, qad_steps) if trigger is not None else None
+        chosen, source, sensitivity = _choose(g, len(candidates))
         write_atomic(out, lambda t: shutil.copyfile(source, t))
     elapsed = time.perf_counter() - start
     return QuantResult(
-        out, chosen, results, lat_b1[0], lat_bn[0], len(calib), elapsed, len(evaluation), sensitivity, qad_record
+        out, chosen, g.results, g.lat_b1[0], g.lat_bn[0], len(calib), elapsed, len(evaluation), sensitivity, qad_record
     )
+
+
+@dataclass
+class _Grading:
+    """What choose_int8's steps share: its inputs, the work folder, the sessions (FP32 first) and the graded
+    candidates with the file each was written to."""
+
+    fp32: Path
+    calib: np.ndarray
+    evaluation: np.ndarray
+    reference: np.ndarray
+    gate: float
+    cache: Path
+    threads: int
+    budget_s: float
+    x1: np.ndarray
+    xb: np.ndarray
+    paths: list[Path] = field(default_factory=list)
+    sessions: list[Any] = field(default_factory=list)
+    lat_b1: list[float] = field(default_factory=list)
+    lat_bn: list[float] = field(default_factory=list)
+    results: list[Candidate] = field(default_factory=list)
+    sources: dict[int, Path] = field(default_factory=dict)
+
+
+def _grade(g: _Grading, candidates: tuple[QuantSetting, ...]) -> None:
+    """Quantize every candidate setting, time them interleaved with FP32 and grade each against the reference."""
+    g.paths = [quantize_one(g.fp32, g.cache / f"c{i}.onnx", s, g.calib, g.cache) for i, s in enumerate(candidates)]
+    g.sessions = [session(g.fp32, g.threads)] + [session(p, g.threads) for p in g.paths]
+    g.lat_b1 = interleaved_latency(g.sessions, g.x1, g.budget_s / 2)
+    g.lat_bn = interleaved_latency(g.sessions, g.xb, g.budget_s / 2)
+    n = len(g.evaluation)
+    for i, setting in enumerate(candidates):
+        logits = run_logits(g.sessions[i + 1], g.evaluation)
+        agree = agreement(logits, g.reference)
+        dlogit = float(np.abs(logits - g.reference).max())
+        g.results.append(
+            Candidate(setting, g.lat_b1[i + 1], g.lat_bn[i + 1], len(g.xb), agree, dlogit, agree >= g.gate, n_images=n)
+        )
+    g.sources = {id(c): p for c, p in zip(g.results, g.paths, strict=True)}
+
+
+def _add_qad(
+    g: _Grading, trigger: str, qad_images: Callable[[], np.ndarray | None] | None, qad_steps: int | None
+) -> dict[str, Any]:
+    """Quantization-aware distillation as one more candidate; what it did, for the record."""
+    from eikd_edge.export.qad import qad_candidate
+
+    spare = qad_images() if qad_images else None
+    tuned = qad_candidate(
+        g.fp32, g.results, g.paths, g.calib, spare, g.evaluation, g.reference, g.gate, g.cache, g.threads,
+        (g.sessions[0], g.x1, g.xb, g.budget_s), qad_steps,
+    )  # fmt: skip
+    qad_record = {"trigger": trigger, **tuned.record}
+    if tuned.candidate is not None:
+        g.results.append(tuned.candidate)
+        g.sources[id(tuned.candidate)] = tuned.path
+    return qad_record
+
+
+def _choose(g: _Grading, n_ptq: int) -> tuple[Candidate, Path, list[dict[str, Any]]]:
+    """The chosen candidate, its file and the sensitivity ranking (empty unless the mixed-precision pass ran)."""
+    passing = [c for c in g.results if c.passed]
+    if passing:
+        chosen = select(passing, g.gate)
+        return chosen, g.sources[id(chosen)], []
+    best = max(g.results, key=lambda c: (c.agree_fp32, -c.latency_ms_batch))
+    ptq_best = max(g.results[:n_ptq], key=lambda c: (c.agree_fp32, -c.latency_ms_batch))
+    mixed = keep_sensitive_in_fp32(
+        g.fp32, ptq_best.setting, g.calib, g.evaluation, g.reference, g.gate, g.cache, g.threads
+    )
+    if mixed.agree > best.agree_fp32:
+        return _mixed_candidate(g, ptq_best.setting, mixed), mixed.path, mixed.ranking
+    return best, g.sources[id(best)], mixed.ranking
+
+
+def _mixed_candidate(g: _Grading, setting: QuantSetting, mixed: MixedPrecision) -> Candidate:
+    """The mixed-precision model timed against FP32 and graded like the others; added to the results."""
+    mixed_session = session(mixed.path, g.threads)
+    b1 = interleaved_latency([g.sessions[0], mixed_session], g.x1, g.budget_s / 4)[1]
+    bn = interleaved_latency([g.sessions[0], mixed_session], g.xb, g.budget_s / 4)[1]
+    dlogit = float(np.abs(run_logits(mixed_session, g.evaluation) - g.reference).max())
+    chosen = Candidate(
+        setting, b1, bn, len(g.xb), mixed.agree, dlogit, mixed.agree >= g.gate, mixed.excluded,
+        n_images=len(g.evaluation),
+    )  # fmt: skip
+    g.results.append(chosen)
+    return chosen
 
 
 def _batch_of(images: np.ndarray, batch: int) -> np.ndarray:

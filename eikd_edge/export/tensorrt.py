@@ -23,7 +23,7 @@ from eikd_edge.errors import EikdError
 from eikd_edge.export import device as dev
 from eikd_edge.export.onnx import INPUT_NAME
 from eikd_edge.export.targets import Target
-from eikd_edge.export.trt_paths import build_path, check_supported, major_minor, strongly_typed
+from eikd_edge.export.trt_paths import BuildPath, build_path, check_supported, major_minor, strongly_typed
 from eikd_edge.formats import CALIBRATION_CACHE, TIMING_CACHE, build_record_path
 from eikd_edge.models.teacher import file_sha256
 from eikd_edge.trt_engine import current_device, import_tensorrt, library_version, unavailable_reason
@@ -77,24 +77,9 @@ def build_engine(
     onnx_path = onnx_dir / path.onnx
     if not onnx_path.is_file():
         raise EikdError(f"{onnx_path.name} is missing: TensorRT {version} builds {precision} from it")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt, version, path.strongly_typed))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EikdError(f"TensorRT cannot parse {onnx_path.name}: {errors or 'unknown error'}")
+    builder, network, _parser = _parse(trt, onnx_path, version, path)  # all three live until the build is over
     config = builder.create_builder_config()
-    if target.workspace_mib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
-    shapes = engine_shapes(target, precision, chw)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
-    if path.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
-    if path.int8_flag:
-        config.set_flag(trt.BuilderFlag.INT8)
+    shapes = _configure(trt, builder, config, target, precision, chw, path)
     calibrator = None
     if path.calibrate:
         calibrator = _set_calibrator(trt, builder, config, target, chw, calib_images, calib_cache, calib_ok, key)
@@ -111,7 +96,53 @@ def build_engine(
     write_atomic(engine_path, lambda tmp: tmp.write_bytes(bytes(serialized)))
     write_atomic(timing_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
     dev.write_cache_key(timing_path, key)
-    record = {
+    record = _record(device, precision, path, shapes, target, dla, onnx_path, notes, start)
+    write_json_atomic(build_record_path(engine_path), record)
+    return record
+
+
+def _parse(trt: Any, onnx_path: Path, version: str, path: BuildPath) -> tuple[Any, Any, Any]:
+    """Builder, network and the ONNX parser that filled it (returned so the caller keeps it alive)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, version, path.strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EikdError(f"TensorRT cannot parse {onnx_path.name}: {errors or 'unknown error'}")
+    return builder, network, parser
+
+
+def _configure(
+    trt: Any, builder: Any, config: Any, target: Target, precision: str, chw: tuple[int, int, int], path: BuildPath
+) -> dict[str, tuple[int, ...]]:
+    """Workspace, the optimization profile from the target's batch sizes and the precision flags; the shapes."""
+    if target.workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
+    shapes = engine_shapes(target, precision, chw)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    if path.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
+    if path.int8_flag:
+        config.set_flag(trt.BuilderFlag.INT8)
+    return shapes
+
+
+def _record(
+    device: dict[str, Any],
+    precision: str,
+    path: BuildPath,
+    shapes: dict[str, tuple[int, ...]],
+    target: Target,
+    dla: int | None,
+    onnx_path: Path,
+    notes: list[str],
+    start: float,
+) -> dict[str, Any]:
+    """The build record written beside the engine (ENGINE.json)."""
+    return {
         "format": RECORD_FORMAT,
         **device,
         "precision": precision,
@@ -129,8 +160,6 @@ def build_engine(
         "built_with": f"eikd-edge {__version__}",
         "build_s": round(time.perf_counter() - start, 3),
     }
-    write_json_atomic(build_record_path(engine_path), record)
-    return record
 
 
 def _network_flags(trt: Any, version: str, strongly: bool) -> int:

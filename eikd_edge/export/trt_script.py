@@ -92,42 +92,46 @@ def build_script(target: Target, precisions: list[str], chw: tuple[int, int, int
         f"COMMON=(--timingCacheFile={TIMING_CACHE}{workspace})",
     ]
     for precision in precisions:
-        shapes = engine_shapes(target, precision, chw)
-        low, opt, high = ("x".join(str(d) for d in shapes[k]) for k in ("min", "opt", "max"))
-        dla = target.dla_core if precision != "fp32" else None
-        dla_flags = [f"--useDLACore={dla}", "--allowGPUFallback"] if dla is not None else []
-        head = ["build", engines[precision], precision]
-        tail = ["none" if dla is None else str(dla), low, opt, high]
-
-        def call(
-            onnx: str, *flags: str, head: list[str] = head, tail: list[str] = tail, dla: list[str] = dla_flags
-        ) -> str:
-            return " ".join([*head, onnx, *tail, *flags, *dla])
-
-        lines.append("")
-        if precision == "fp32":
-            lines.append(call("student.onnx"))
-        elif precision == "fp16":
-            lines += [
-                'if [ "$STRONG" = yes ]; then',
-                "  " + call(FP16_ONNX),
-                "else",
-                "  " + call("student.onnx", "--fp16"),
-                "fi",
-            ]
-        else:
-            calib = [f"--calib={CALIBRATION_CACHE}"] + [f"--{k}ShapesCalib=images:{opt}" for k in ("min", "opt", "max")]
-            lines += [
-                'if [ "$STRONG" = yes ]; then  # explicit quantization: the scales come from the Q/DQ nodes',
-                "  " + call(TRT_QDQ_ONNX),
-                'elif [ "$CALIB" = yes ]; then  # a calibration cache made by this TensorRT on this device',
-                "  " + call("student.onnx", "--int8", "--fp16", *calib),
-                "else",
-                "  " + call(TRT_QDQ_ONNX, "--int8", "--fp16"),
-                "fi",
-            ]
+        lines += _build_lines(target, precision, chw, engines[precision])
     lines += ["", 'echo "done: now run  $PYTHON eikd_device.py validate"']
     return "\n".join(lines) + "\n"
+
+
+def _build_lines(target: Target, precision: str, chw: tuple[int, int, int], engine: str) -> list[str]:
+    """One precision's build line(s): a blank line, then the build call, by TensorRT's typing where it differs."""
+    shapes = engine_shapes(target, precision, chw)
+    low, opt, high = ("x".join(str(d) for d in shapes[k]) for k in ("min", "opt", "max"))
+    dla = target.dla_core if precision != "fp32" else None
+    dla_flags = [f"--useDLACore={dla}", "--allowGPUFallback"] if dla is not None else []
+    head = ["build", engine, precision]
+    tail = ["none" if dla is None else str(dla), low, opt, high]
+
+    def call(onnx: str, *flags: str, head: list[str] = head, tail: list[str] = tail, dla: list[str] = dla_flags) -> str:
+        return " ".join([*head, onnx, *tail, *flags, *dla])
+
+    lines = [""]
+    if precision == "fp32":
+        lines.append(call("student.onnx"))
+    elif precision == "fp16":
+        lines += [
+            'if [ "$STRONG" = yes ]; then',
+            "  " + call(FP16_ONNX),
+            "else",
+            "  " + call("student.onnx", "--fp16"),
+            "fi",
+        ]
+    else:
+        calib = [f"--calib={CALIBRATION_CACHE}"] + [f"--{k}ShapesCalib=images:{opt}" for k in ("min", "opt", "max")]
+        lines += [
+            'if [ "$STRONG" = yes ]; then  # explicit quantization: the scales come from the Q/DQ nodes',
+            "  " + call(TRT_QDQ_ONNX),
+            'elif [ "$CALIB" = yes ]; then  # a calibration cache made by this TensorRT on this device',
+            "  " + call("student.onnx", "--int8", "--fp16", *calib),
+            "else",
+            "  " + call(TRT_QDQ_ONNX, "--int8", "--fp16"),
+            "fi",
+        ]
+    return lines
 
 
 def write_build_script(path: Path, text: str) -> Path:
