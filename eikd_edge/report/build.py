@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from eikd_edge import __version__
 from eikd_edge.bench_result import BenchResult
-from eikd_edge.checkpoint import load_student
+from eikd_edge.checkpoint import StudentCheckpoint, load_student
 from eikd_edge.data import confined
 from eikd_edge.errors import EikdError
 from eikd_edge.export.fieldset import absolute_root
 from eikd_edge.models.zoo import count_macs, count_parameters
-from eikd_edge.report.confusion import build_confusion
+from eikd_edge.report.confusion import ConfusionSection, build_confusion
 from eikd_edge.report.headline import build_headline, slower_int8_notes
 from eikd_edge.report.model import (
     NOVEL_TITLE,
@@ -61,16 +61,7 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
     read_resolved(run)  # a clear error when this is not a run folder at all
     notes: list[str] = []
     ckpt = load_student(run.student) if run.student.is_file() else None
-    selection = read_selection(run) if run.selection.is_file() else None
-    if selection is None:
-        notes.append(f"{run.selection.name} not found")
-    else:
-        selection = _confine_paths(run, selection)
-    if ckpt is None:
-        notes.append(
-            f"no {run.student.name}: this folder holds a selection only; `eikd-edge distill` trains the student, then "
-            "export, validate and bench add their sections to this report"
-        )
+    selection = _read_selection(run, ckpt is not None, notes)
     stage_notes = notes if ckpt else []  # without a student the later stages cannot have run: one note says so
     missing_metrics = f"{run.metrics.name} not found: run `eikd-edge distill` to get training curves"
     metrics = _optional(read_metrics, run, run.metrics, stage_notes, missing_metrics)
@@ -81,22 +72,9 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
     export = read_export(run) if run.export_record.is_file() else None
     if export is None and ckpt is not None:
         notes.append(f"nothing exported: run `eikd-edge export {run.root} --onnx --int8`")
-    bench = None
-    if bench_json:
-        try:
-            bench = BenchResult.model_validate(bench_json)
-        except ValidationError:
-            notes.append(f"{run.bench.name} is from another eikd-edge version: re-run `eikd-edge bench {run.root}`")
+    bench = _bench(run, bench_json, notes) if bench_json else None
     notes += slower_int8_notes(export, bench)
-    section = None
-    if confusion and ckpt is not None:
-        try:
-            section = build_confusion(run, ckpt, trust_pickle)
-            notes += section.notes
-        except TeacherChanged:
-            raise
-        except EikdError as exc:
-            notes.append(f"confusion matrices skipped: {exc}")
+    section = _confusion(run, ckpt, trust_pickle, notes) if confusion and ckpt is not None else None
     novel = _novel(selection, notes) if selection else None
     metrics_json = metrics.as_json if metrics else None
     if metrics and metrics_json:
@@ -119,6 +97,44 @@ def build_report(run: RunPaths, confusion: bool = True, trust_pickle: bool = Fal
         confusion=section,
         notes=notes,
     )
+
+
+def _read_selection(run: RunPaths, has_student: bool, notes: list[str]) -> SelectionFile | None:
+    """selection.json with its paths confined to the pool; a note when it is missing, and one when there is no
+    student (a folder `select` wrote)."""
+    selection = read_selection(run) if run.selection.is_file() else None
+    if selection is None:
+        notes.append(f"{run.selection.name} not found")
+    else:
+        selection = _confine_paths(run, selection)
+    if not has_student:
+        notes.append(
+            f"no {run.student.name}: this folder holds a selection only; `eikd-edge distill` trains the student, then "
+            "export, validate and bench add their sections to this report"
+        )
+    return selection
+
+
+def _bench(run: RunPaths, bench_json: dict[str, Any], notes: list[str]) -> BenchResult | None:
+    """bench.json as a BenchResult; a note instead when another version wrote it."""
+    try:
+        return BenchResult.model_validate(bench_json)
+    except ValidationError:
+        notes.append(f"{run.bench.name} is from another eikd-edge version: re-run `eikd-edge bench {run.root}`")
+        return None
+
+
+def _confusion(run: RunPaths, ckpt: StudentCheckpoint, trust_pickle: bool, notes: list[str]) -> ConfusionSection | None:
+    """The confusion matrices, their notes added to `notes`; a note instead when they cannot be computed."""
+    try:
+        section = build_confusion(run, ckpt, trust_pickle)
+        notes += section.notes
+    except TeacherChanged:
+        raise
+    except EikdError as exc:
+        notes.append(f"confusion matrices skipped: {exc}")
+        return None
+    return section
 
 
 def _optional(

@@ -143,6 +143,13 @@ def confusion_plot(m: Confusion) -> Figure:
     return fig
 
 
+# The Pareto front of the passing student artifacts: a step line through their points.
+_FRONT_STYLE: dict[str, Any] = {
+    "drawstyle": "steps-post", "color": "#cb181d", "lw": 1.2, "marker": "s", "ms": 12, "mfc": "none", "zorder": 2,
+    "label": "Pareto front (student artifacts that passed)", "gid": "pareto-front",
+}  # fmt: skip
+
+
 def pareto_chart(report: Report) -> Figure | None:
     """Quality (true top-1 when known, else teacher agreement) against p50 latency at the smallest batch.
 
@@ -183,19 +190,7 @@ def pareto_chart(report: Report) -> Figure | None:
             best = quality
     if front:
         xs, ys = zip(*front, strict=True)
-        ax.plot(
-            xs,
-            ys,
-            drawstyle="steps-post",
-            color="#cb181d",
-            lw=1.2,
-            marker="s",
-            ms=12,
-            mfc="none",
-            zorder=2,
-            label="Pareto front (student artifacts that passed)",
-            gid="pareto-front",
-        )
+        ax.plot(xs, ys, **_FRONT_STYLE)
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.15)
     ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
