@@ -27,78 +27,80 @@ COLUMNS = ("artifact", "prec", "size", "build s", "agree S", "agree T", "status"
 LEGEND = "agree S / T: top-1 agreement with the FP32 student / the teacher on field images"
 
 
+Onnx = Annotated[bool, typer.Option("--onnx", help="FP32 ONNX: dynamic batch, simplified, checked.")]
+Int8 = Annotated[
+    bool,
+    typer.Option("--int8", help="ONNX Runtime static INT8 (QDQ) for CPU; with --trt also a TensorRT INT8 engine."),
+]
+Trt = Annotated[
+    bool,
+    typer.Option(
+        "--trt",
+        help="TensorRT engine(s) for --target (x86-dgpu when no --target is given); precisions from "
+        "--fp32/--fp16/--int8 or the target.",
+    ),
+]
+Fp16 = Annotated[bool, typer.Option("--fp16", help="With --trt: an FP16 engine.")]
+Fp32 = Annotated[bool, typer.Option("--fp32", help="With --trt: an FP32 engine.")]
+TargetName = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        metavar="NAME",
+        help="Device profile from export/targets (e.g. jetson-orin-nano).",
+        show_default=f"{DEFAULT_TARGET}; {DEFAULT_TRT_TARGET} with --trt",
+    ),
+]
+Opset = Annotated[int | None, typer.Option("--opset", help="ONNX opset.", show_default="the target's (17)")]
+Exporter = Annotated[
+    str,
+    typer.Option(
+        "--exporter",
+        metavar="auto|torchscript|dynamo",
+        help="ONNX exporter (auto: torchscript for opset <= 17).",
+    ),
+]
+Gate = Annotated[float, typer.Option("--gate", help="Min top-1 agreement with the FP32 student.")]
+CalibImages = Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")]
+Images = Annotated[
+    Path | None,
+    typer.Option("--images", help="Field images for calibration and parity.", show_default="the run's selection"),
+]
+Qad = Annotated[
+    str,
+    typer.Option(
+        "--qad",
+        metavar="auto|always|never",
+        help="Quantization-aware distillation for --int8: a short fine-tune through the INT8 quantization "
+        "against the FP32 student (auto: when no post-training setting passes the gate).",
+    ),
+]
+
+
 def export(
     run: RunFolder,
-    onnx: Annotated[bool, typer.Option("--onnx", help="FP32 ONNX: dynamic batch, simplified, checked.")] = False,
-    int8: Annotated[
-        bool,
-        typer.Option("--int8", help="ONNX Runtime static INT8 (QDQ) for CPU; with --trt also a TensorRT INT8 engine."),
-    ] = False,
-    trt: Annotated[
-        bool,
-        typer.Option(
-            "--trt",
-            help="TensorRT engine(s) for --target (x86-dgpu when no --target is given); precisions from "
-            "--fp32/--fp16/--int8 or the target.",
-        ),
-    ] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="With --trt: an FP16 engine.")] = False,
-    fp32: Annotated[bool, typer.Option("--fp32", help="With --trt: an FP32 engine.")] = False,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            metavar="NAME",
-            help="Device profile from export/targets (e.g. jetson-orin-nano).",
-            show_default=f"{DEFAULT_TARGET}; {DEFAULT_TRT_TARGET} with --trt",
-        ),
-    ] = None,
-    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset.", show_default="the target's (17)")] = None,
-    exporter: Annotated[
-        str,
-        typer.Option(
-            "--exporter",
-            metavar="auto|torchscript|dynamo",
-            help="ONNX exporter (auto: torchscript for opset <= 17).",
-        ),
-    ] = "auto",
-    gate: Annotated[float, typer.Option("--gate", help="Min top-1 agreement with the FP32 student.")] = DEFAULT_GATE,
-    calib_images: Annotated[int, typer.Option("--calib-images", help="Field images used for INT8 calibration.")] = 512,
+    onnx: Onnx = False,
+    int8: Int8 = False,
+    trt: Trt = False,
+    fp16: Fp16 = False,
+    fp32: Fp32 = False,
+    target: TargetName = None,
+    opset: Opset = None,
+    exporter: Exporter = "auto",
+    gate: Gate = DEFAULT_GATE,
+    calib_images: CalibImages = 512,
     threads: Threads = 0,
-    images: Annotated[
-        Path | None,
-        typer.Option("--images", help="Field images for calibration and parity.", show_default="the run's selection"),
-    ] = None,
+    images: Images = None,
     trust_pickle: TrustPickle = False,
-    qad: Annotated[
-        str,
-        typer.Option(
-            "--qad",
-            metavar="auto|always|never",
-            help="Quantization-aware distillation for --int8: a short fine-tune through the INT8 quantization "
-            "against the FP32 student (auto: when no post-training setting passes the gate).",
-        ),
-    ] = "auto",
+    qad: Qad = "auto",
 ) -> None:
     """Export the run's student; without format flags, the target's default formats.
 
     --trt without --target builds for x86-dgpu (a desktop NVIDIA GPU); name a Jetson with --target.
     """
-    from eikd_edge.export.int8_candidates import QAD_MODES
-    from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
     from eikd_edge.export.pipeline import export_run
 
-    if (fp16 or fp32) and not trt:
-        raise EikdError("--fp16/--fp32 choose TensorRT precisions: add --trt")
-    check_gate(gate)
-    if exporter not in EXPORTERS:
-        raise EikdError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
-        raise EikdError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (17 suits TensorRT 8.5+), got {opset}")
-    if qad not in QAD_MODES:
-        raise EikdError(f"--qad must be one of {', '.join(QAD_MODES)}, got {qad!r}")
-    if calib_images < 1:
-        raise EikdError("--calib-images must be at least 1")
+    _check(trt, fp16, fp32, gate, exporter, opset, qad, calib_images)
     target = target or (DEFAULT_TRT_TARGET if trt else DEFAULT_TARGET)
     request = _request(
         onnx,
@@ -118,6 +120,31 @@ def export(
     )
     result = export_run(run, request)  # holds the run folder's lock
     _print(result)
+    _raise_failures(result, gate)
+
+
+def _check(
+    trt: bool, fp16: bool, fp32: bool, gate: float, exporter: str, opset: int | None, qad: str, calib_images: int
+) -> None:
+    """The options' values, refused before the run folder is touched."""
+    from eikd_edge.export.int8_candidates import QAD_MODES
+    from eikd_edge.export.onnx import EXPORTERS, MAX_OPSET, MIN_OPSET
+
+    if (fp16 or fp32) and not trt:
+        raise EikdError("--fp16/--fp32 choose TensorRT precisions: add --trt")
+    check_gate(gate)
+    if exporter not in EXPORTERS:
+        raise EikdError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise EikdError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (17 suits TensorRT 8.5+), got {opset}")
+    if qad not in QAD_MODES:
+        raise EikdError(f"--qad must be one of {', '.join(QAD_MODES)}, got {qad!r}")
+    if calib_images < 1:
+        raise EikdError("--calib-images must be at least 1")
+
+
+def _raise_failures(result: ExportResult, gate: float) -> None:
+    """A gate failure first (its own exit code), then any artifact that failed to build."""
     failed = [o for o in result.outcomes if o.status == ArtifactStatus.FAILED]
     gated = [o for o in result.outcomes if o.status == ArtifactStatus.FAILED_GATE]
     if gated:
