@@ -3,14 +3,20 @@
 Its modules, from the stage down to the pieces it is built of:
 
     stage.py    the stage: its inputs, selection, the run folder, then training (`distill`, `DistillInputs`, ...)
-    loop.py     the training loop (`Trainer`): rounds of steps, label-free agreement, checkpoints, metrics
+    loop.py     the training loop (`Trainer`): rounds of steps, then an evaluation and a checkpoint after each
+    optim.py    the schedule: batch and step counts, the warm-up + cosine learning rate
+    batches.py  where the training images live (device or host) and each pass's shuffled order
+    evaluate.py the student's predictions, agreement with the teacher, the label-free pick of the epoch to keep
+    checkpoints.py  student.pt and train_state.pt after each round, and --resume's reading back
+    metrics.py  metrics.json's schema, assembled from a finished Trainer
     step.py     the pieces of one training step: augmentation, the LR schedule, the trainable module, the loss mix
     losses.py   the loss functions, pure (tensors in, tensor out)
     methods.py  the method registry: each method's selection, loss terms and the settings it reads (no torch)
 
-stage.py and loop.py are the stage; step.py, losses.py and methods.py sit below every stage (config.py reads
-methods.py), so importing this package imports nothing: the stage's names below are re-exported on first use
-(PEP 562), and `from eikd_edge.distill.methods import METHODS` neither imports torch nor the stage.
+stage.py, loop.py and the loop's modules (optim.py to metrics.py) are the stage; step.py, losses.py and
+methods.py sit below every stage (config.py reads methods.py), so importing this package imports nothing: the
+stage's names below are re-exported on first use (PEP 562), and `from eikd_edge.distill.methods import METHODS`
+neither imports torch nor the stage.
 
 `from eikd_edge.distill import distill` is the stage's function, as `eikd_edge.distill` is: the package is not an
 attribute of eikd_edge (see eikd_edge/__init__.py), so import its modules with `from`

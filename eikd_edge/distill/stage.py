@@ -28,7 +28,8 @@ from eikd_edge.data import (
 )
 from eikd_edge.devices import resolve_device
 from eikd_edge.disk_images import DiskImages
-from eikd_edge.distill.loop import Checks, Trainer
+from eikd_edge.distill.evaluate import Checks
+from eikd_edge.distill.loop import Trainer
 from eikd_edge.distill.methods import METHODS
 from eikd_edge.distributed import DistContext, barrier, cleanup, init_distributed
 from eikd_edge.errors import EikdError
