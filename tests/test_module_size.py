@@ -29,8 +29,6 @@ NOT_YET_SPLIT: dict[str, str] = {
     "eikd_edge/commands/synthesize_cmd.py::synthesize_command": "59 lines when the limit came in",
     "eikd_edge/config.py": "344 lines when the limit came in",
     "eikd_edge/data.py": "383 lines when the limit came in",
-    "eikd_edge/distill/stage.py": "431 lines when the limit came in",
-    "eikd_edge/distill/stage.py::run_selection": "58 lines when the limit came in",
     "eikd_edge/distill/step.py::distillation_loss": "52 lines when the limit came in",
     "eikd_edge/export/pipeline.py": "404 lines when the limit came in",
     "eikd_edge/export/qdq_tensorrt.py::quantize_for_tensorrt": "54 lines when the limit came in",
