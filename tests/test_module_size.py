@@ -44,10 +44,6 @@ NOT_YET_SPLIT: dict[str, str] = {
     "eikd_edge/report/plots.py::pareto_chart": "61 lines when the limit came in",
     "eikd_edge/report/tables.py": "355 lines when the limit came in",
     "eikd_edge/report/tables.py::bench": "58 lines when the limit came in",
-    "eikd_edge/scoring.py": "375 lines when the limit came in",
-    "eikd_edge/scoring.py::score_pool": "73 lines when the limit came in",
-    "eikd_edge/selection.py::select": "81 lines when the limit came in",
-    "eikd_edge/synthesis.py::synthesize": "69 lines when the limit came in",
 }
 
 

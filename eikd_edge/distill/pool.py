@@ -23,8 +23,9 @@ from eikd_edge.errors import EikdError
 from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.teacher import TeacherModel
 from eikd_edge.novel import NovelConfig, find_novel
+from eikd_edge.pool_scores import merge_pools
 from eikd_edge.run import RunPaths
-from eikd_edge.scoring import FolderScan, PoolScores, merge_pools, score_pool
+from eikd_edge.scoring import FolderScan, PoolScores, score_pool
 from eikd_edge.selection import Selection, select
 from eikd_edge.synthesis import synthesize
 from eikd_edge.ui import progress_bar, show_progress
