@@ -28,7 +28,6 @@ NOT_YET_SPLIT: dict[str, str] = {
     "eikd_edge/commands/select_cmd.py::select_command": "52 lines when the limit came in",
     "eikd_edge/commands/synthesize_cmd.py::synthesize_command": "59 lines when the limit came in",
     "eikd_edge/config.py": "344 lines when the limit came in",
-    "eikd_edge/data.py": "383 lines when the limit came in",
     "eikd_edge/distill/step.py::distillation_loss": "52 lines when the limit came in",
     "eikd_edge/export/pipeline.py": "404 lines when the limit came in",
     "eikd_edge/export/qdq_tensorrt.py::quantize_for_tensorrt": "54 lines when the limit came in",
