@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from eikd_edge.distill.methods import METHODS, SETTINGS
 from eikd_edge.errors import EikdError
+from eikd_edge.recipe_errors import explain
 from eikd_edge.safe_yaml import load_yaml_text
 
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names, in its order
@@ -261,7 +261,7 @@ def validate_recipe(data: dict[str, Any], source: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise EikdError(f"{source}: {_explain(exc)}") from None
+        raise EikdError(f"{source}: {explain(exc, Recipe)}") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -295,50 +295,3 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
             raise EikdError(f"--set {item!r}: {part} is not a section")
         node = child
     node[parts[-1]] = value
-
-
-def _explain(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    location = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"unknown setting {location!r}{_suggest(error['loc'])}"
-    if error["type"] == "value_error":  # our own validators: the message already names the settings
-        return str(error.get("ctx", {}).get("error", error["msg"]))
-    return f"{location}: {error['msg']}"
-
-
-def _suggest(loc: tuple[Any, ...]) -> str:
-    model: type[BaseModel] = Recipe
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return ""
-        model = field.annotation
-    exact = [p for p in _setting_paths(Recipe) if p.rsplit(".", 1)[-1] == str(loc[-1])]
-    if exact:  # the right name in the wrong section: `seed` is `train.seed`
-        return f"; did you mean {exact[0]!r}?"
-    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    prefix = ".".join(str(p) for p in loc[:-1])
-    if match:
-        return f"; did you mean {(prefix + '.' if prefix else '') + match[0]!r}?"
-    elsewhere = _suggest_elsewhere(str(loc[-1]))
-    return f"; did you mean {elsewhere!r}?" if elsewhere else ""
-
-
-def _setting_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Every setting of the recipe as a dotted path, sections included (train, train.seed, train.augment.flip...)."""
-    paths = []
-    for name, field in model.model_fields.items():
-        path = f"{prefix}{name}"
-        paths.append(path)
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            paths.extend(_setting_paths(field.annotation, f"{path}."))
-    return paths
-
-
-def _suggest_elsewhere(name: str) -> str | None:
-    """A setting of that name (or close to it) in another section: `seed` -> `train.seed`."""
-    paths = _setting_paths(Recipe)
-    leaves = [p.rsplit(".", 1)[-1] for p in paths]
-    match = difflib.get_close_matches(name, leaves, n=1)
-    return paths[leaves.index(match[0])] if match else None

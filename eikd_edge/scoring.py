@@ -7,68 +7,19 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from rich.markup import escape
 
 from eikd_edge import score_cache
-from eikd_edge.checkpoint import save_torch_atomic
-from eikd_edge.console import err_console
 from eikd_edge.data import DecodeReport, display_name, iter_decoded, normalize, scan_images
 from eikd_edge.distributed import DistContext, gather_objects, shard_range
 from eikd_edge.errors import EikdError
 from eikd_edge.file_stats import hash_file_stats
 from eikd_edge.models.bn_stats import BatchNormDeviation, batchnorm_layers
 from eikd_edge.models.teacher import TeacherModel
+from eikd_edge.pool_cache import read_cache, read_shared, write_cache, write_shared
+from eikd_edge.pool_scores import PoolScores
 from eikd_edge.ui import progress_bar, show_progress
-
-
-@dataclass(frozen=True)
-class PoolScores:
-    """Teacher outputs for every decodable pool image, in scan order."""
-
-    root: Path
-    paths: list[str]  # relative to root, only the images that decoded
-    logits: torch.Tensor  # float32 [N, C]
-    embeddings: torch.Tensor  # float32 [N, D]
-    files: int  # image files found, decodable or not
-    skipped: dict[str, object]
-    seconds: float
-    from_cache: bool
-    bn_deviation: torch.Tensor | None = None  # float32 [N]; set when asked for and the teacher has BatchNorm layers
-
-
-def merge_pools(first: PoolScores, second: PoolScores) -> PoolScores:
-    """One pool from two folders (field images and synthetic ones): paths become relative to their common root."""
-    root = Path(os.path.commonpath([first.root.resolve(), second.root.resolve()]))
-
-    def rebase(pool: PoolScores) -> list[str]:
-        prefix = pool.root.resolve().relative_to(root)
-        return [(prefix / p).as_posix() for p in pool.paths]
-
-    deviations = [first.bn_deviation, second.bn_deviation]
-    return PoolScores(
-        root=root,
-        paths=rebase(first) + rebase(second),
-        logits=torch.cat([first.logits, second.logits]),
-        embeddings=torch.cat([first.embeddings, second.embeddings]),
-        files=first.files + second.files,
-        skipped=_merge_skipped(first.skipped, second.skipped),
-        seconds=first.seconds + second.seconds,
-        from_cache=first.from_cache and second.from_cache,
-        bn_deviation=torch.cat(deviations) if all(d is not None for d in deviations) else None,  # type: ignore[misc]
-    )
-
-
-def _merge_skipped(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Add up two DecodeReport summaries."""
-    reasons = dict(a.get("by_reason", {}))
-    for reason, n in b.get("by_reason", {}).items():
-        reasons[reason] = reasons.get(reason, 0) + n
-    sample = [*a.get("sample", []), *b.get("sample", [])][:20]
-    return {"count": int(a.get("count", 0)) + int(b.get("count", 0)), "by_reason": reasons, "sample": sample}
-
 
 BATCH_BYTES = 512 << 20  # the normalised float batch the teacher sees; decoded uint8 batches are a quarter of it
 
@@ -137,8 +88,6 @@ def score_pool(
     `workers`: image decoding threads (None: the decoder's default).
     `shared`: a cache folder other runs read too (score_cache.py), tried after the run's own `cache`; None: off.
     """
-    import time
-
     ctx = ctx or DistContext()
     root = Path(os.path.abspath(root))  # selection.json records it: later commands may run from anywhere
     if scan is None or scan.root != root:
@@ -148,17 +97,38 @@ def score_pool(
         raise EikdError(f"no images found in {root} (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
     fingerprint = pool_fingerprint(scan.fingerprint, teacher)
     want_bn = bn_deviation and bool(batchnorm_layers(teacher.module))
-    cached = _read_cache(cache, fingerprint, root)
+    cached = read_cache(cache, fingerprint, root)
     if cached is not None and (cached.bn_deviation is not None or not want_bn):
         if shared is not None and ctx.is_main and not score_cache.entry_path(shared, fingerprint).exists():
-            _write_shared(shared, fingerprint, cached)
+            write_shared(shared, fingerprint, cached)
         return cached
     expected = _expected(fingerprint, scan, teacher)
-    reused = _read_shared(shared, expected, root, want_bn, ctx)
+    reused = read_shared(shared, expected, root, want_bn, ctx)
     if reused is not None:
         if cache is not None and ctx.is_main:
-            _write_cache(cache, fingerprint, reused)
+            write_cache(cache, fingerprint, reused)
         return reused
+    scores = _score_pass(teacher, root, paths, device, batch_size, ctx, want_bn, workers)
+    if cache is not None and ctx.is_main:
+        write_cache(cache, fingerprint, scores)
+    if shared is not None and ctx.is_main:
+        write_shared(shared, fingerprint, scores)
+    return scores
+
+
+def _score_pass(
+    teacher: TeacherModel,
+    root: Path,
+    paths: list[Path],
+    device: torch.device,
+    batch_size: int,
+    ctx: DistContext,
+    want_bn: bool,
+    workers: int | None,
+) -> PoolScores:
+    """The teacher's pass over the pool: each rank scores its shard, the shards are gathered in scan order."""
+    import time
+
     started = time.perf_counter()
     start, end = shard_range(len(paths), ctx)
     batch_size = scoring_batch(batch_size, teacher.spec.input_size)
@@ -184,10 +154,6 @@ def score_pool(
         from_cache=False,
         bn_deviation=deviation,
     )
-    if cache is not None and ctx.is_main:
-        _write_cache(cache, fingerprint, scores)
-    if shared is not None and ctx.is_main:
-        _write_shared(shared, fingerprint, scores)
     return scores
 
 
@@ -196,57 +162,6 @@ def _expected(fingerprint: str, scan: FolderScan, teacher: TeacherModel) -> scor
     return score_cache.Expected(
         fingerprint, pool_paths, teacher.num_classes, teacher.embedding_dim or teacher.num_classes
     )
-
-
-def _read_shared(
-    shared: Path | None, expected: score_cache.Expected, root: Path, want_bn: bool, ctx: DistContext
-) -> PoolScores | None:
-    """The shared cache's scores for this teacher and pool, or None (score it): a missing entry silently, an
-    untrustworthy one (damaged, tampered, another pool's) with a note; never an error."""
-    if shared is None:
-        return None
-    entry = score_cache.entry_path(shared, expected.key)
-    try:
-        found = score_cache.read_entry(entry, expected)
-    except score_cache.BadEntry as exc:
-        if ctx.is_main:
-            _note(f"ignored the cached teacher scores in {entry} ({exc}); scoring the pool again")
-        return None
-    if found is None or (want_bn and found.bn_deviation is None):
-        return None
-    if ctx.is_main:
-        err_console.print(
-            f"teacher scores: reused from {escape(str(entry))} ({len(found.paths):,} images)",
-            highlight=False,
-            soft_wrap=True,
-        )
-    return PoolScores(
-        root=root,
-        paths=found.paths,
-        logits=found.logits,
-        embeddings=found.embeddings,
-        files=found.files,
-        skipped=found.skipped,
-        seconds=0.0,
-        from_cache=True,
-        bn_deviation=found.bn_deviation,
-    )
-
-
-def _write_shared(shared: Path, fingerprint: str, scores: PoolScores) -> None:
-    """Best effort: a cache folder that is read-only or full costs the next run a scoring pass, not this run."""
-    entry = score_cache.entry_path(shared, fingerprint)
-    cached = score_cache.CachedScores(
-        scores.paths, scores.logits, scores.embeddings, scores.bn_deviation, scores.files, dict(scores.skipped)
-    )
-    try:
-        score_cache.write_entry(entry, fingerprint, cached)
-    except OSError as exc:
-        _note(f"could not save the teacher scores to {entry} ({exc.strerror or exc}); later runs will score again")
-
-
-def _note(text: str) -> None:
-    err_console.print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _score_shard(
@@ -326,50 +241,3 @@ def _top_reason(report: DecodeReport) -> str:
         return "no reason recorded"
     reason, count = max(reasons.items(), key=lambda item: item[1])
     return f"most common: {reason}, {count} files"
-
-
-def _read_cache(cache: Path | None, fingerprint: str, root: Path) -> PoolScores | None:
-    """The cached scores, or None (recompute) when the file is missing, stale, damaged or not ours."""
-    if cache is None or not cache.is_file():
-        return None
-    try:
-        data = torch.load(cache, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache is simply recomputed
-        return None
-    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint or not isinstance(data.get("paths"), list):
-        return None
-    try:
-        scores = PoolScores(
-            root=root,
-            paths=[str(p) for p in data["paths"]],
-            logits=data["logits"],
-            embeddings=data["embeddings"],
-            files=int(data["files"]),
-            skipped=dict(data["skipped"]),
-            seconds=0.0,
-            from_cache=True,
-            bn_deviation=data.get("bn_deviation"),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-    rows = len(scores.paths)
-    tensors = [scores.logits, scores.embeddings] + ([scores.bn_deviation] if scores.bn_deviation is not None else [])
-    if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == rows for t in tensors):
-        return None
-    return scores
-
-
-def _write_cache(cache: Path, fingerprint: str, scores: PoolScores) -> None:
-    save_torch_atomic(
-        cache,
-        {
-            "fingerprint": fingerprint,
-            "root": str(scores.root),
-            "paths": scores.paths,
-            "logits": scores.logits,
-            "embeddings": scores.embeddings,
-            "files": scores.files,
-            "skipped": scores.skipped,
-            "bn_deviation": scores.bn_deviation,
-        },
-    )

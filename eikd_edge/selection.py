@@ -11,50 +11,8 @@ import torch.nn.functional as F
 
 from eikd_edge.config import SelectionConfig
 from eikd_edge.distill.methods import METHODS
-from eikd_edge.prototypes import own_prototype_cosine
 from eikd_edge.scoring import PoolScores
-
-
-def in_distribution_scores(logits: torch.Tensor, embeddings: torch.Tensor, kind: str) -> torch.Tensor:
-    """Higher = looks more like the teacher's training data. One number per sample."""
-    probs = logits.softmax(dim=1)
-    if kind == "confidence":
-        return probs.max(dim=1).values
-    if kind == "entropy":
-        return (probs * probs.clamp_min(1e-12).log()).sum(dim=1)  # negative entropy
-    if kind == "energy":
-        return torch.logsumexp(logits, dim=1)  # -energy
-    if kind == "prototype":
-        return own_prototype_cosine(probs, embeddings)
-    raise ValueError(f"unknown score {kind!r}")
-
-
-def percentile_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Each value's rank scaled to [0, 1] (ties share the mean rank), so scores of any scale can be averaged."""
-    n = len(values)
-    if n < 2:
-        return torch.ones(n)
-    v = values.double().numpy()
-    ranks = np.empty(n)
-    ranks[np.argsort(v, kind="stable")] = np.arange(n)
-    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
-    mean_rank = np.bincount(inverse, weights=ranks)[inverse] / counts[inverse]
-    return torch.from_numpy(mean_rank / (n - 1)).float()
-
-
-def odsd_closeness(probs: torch.Tensor, embeddings: torch.Tensor, bn_deviation: torch.Tensor | None) -> torch.Tensor:
-    """ODSD's closeness to the original distribution as the teacher sees it, in [0, 1]: the mean percentile rank
-    of the cosine to the predicted class's prototype and, where the teacher has BatchNorm layers, of the
-    (negated) distance to its BatchNorm statistics."""
-    ranks = [percentile_ranks(own_prototype_cosine(probs, embeddings))]
-    if bn_deviation is not None:
-        ranks.append(percentile_ranks(-bn_deviation))
-    return torch.stack(ranks).mean(dim=0)
-
-
-def gumbel_keys(closeness: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Sort keys whose top-k is a draw without replacement with P(i) ∝ exp(closeness_i / temperature)."""
-    return closeness / temperature + rng.gumbel(size=closeness.shape)
+from eikd_edge.selection_scores import gumbel_keys, in_distribution_scores, odsd_closeness
 
 
 def balanced_quotas(candidates: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,13 +146,7 @@ def select(
     rng = np.random.default_rng(seed)
     strategy = METHODS[method]
     odsd = strategy.samples_by_odsd(config.sampler)
-    if odsd:  # sampled, not thresholded: near-distribution images are likely, and the subset stays diverse
-        score = odsd_closeness(probs, pool.embeddings, pool.bn_deviation).numpy()
-        order_key = gumbel_keys(score, config.odsd_temperature, np.random.default_rng([seed, 1]))
-    else:
-        score_kind = strategy.score_kind_fixed or config.score
-        score = in_distribution_scores(pool.logits, pool.embeddings, score_kind).numpy()
-        order_key = score
+    score, order_key = _scores(pool, probs, strategy.score_kind_fixed or config.score, config, seed, odsd)
     ranked = _ranked_per_class(pool, predicted, order_key, len(classes), config, reserved)
     candidates = np.array([len(members) for members in ranked], dtype=np.int64)
     if config.balance:
@@ -206,44 +158,63 @@ def select(
         if config.balance
         else open_idx[np.argsort(-order_key[open_idx], kind="stable")][:budget]
     )
-    size = len(eikd_choice)  # baselines get a subset of the same size, for an honest comparison
-    chosen: np.ndarray
-    if strategy.selection == "whole_pool":
-        chosen = open_idx
-    elif strategy.selection == "random_same_size":
-        chosen = np.sort(rng.choice(open_idx, size=size, replace=False))
-    elif strategy.selection == "global_top_confidence":
-        chosen = open_idx[np.argsort(-score[open_idx], kind="stable")][:size]
-    else:
-        chosen = eikd_choice
     selected = np.zeros(count, dtype=bool)
-    selected[chosen] = True
+    selected[_chosen(strategy.selection, open_idx, eikd_choice, score, rng)] = True
     split = _holdout_split(selected, predicted, config.holdout_fraction, rng)
     split[reserved] = "agreement"
     quotas = strategy.selection == "class_balanced"  # only a class-balanced choice has quotas to fall short of
-    per_class = [
+    per_class = _per_class(
+        classes, candidates, take if quotas else None, deficit if quotas else None, selected, predicted
+    )
+    signals = odsd_signals(pool, odsd)
+    return Selection(pool, classes, method, config, predicted, confidence, score, selected, split, per_class, signals)
+
+
+def _scores(
+    pool: PoolScores, probs: torch.Tensor, score_kind: str, config: SelectionConfig, seed: int, odsd: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's score, and the key it is ranked by: ODSD's closeness sampled by Gumbel keys, else the
+    in-distribution score itself."""
+    if odsd:  # sampled, not thresholded: near-distribution images are likely, and the subset stays diverse
+        score = odsd_closeness(probs, pool.embeddings, pool.bn_deviation).numpy()
+        return score, gumbel_keys(score, config.odsd_temperature, np.random.default_rng([seed, 1]))
+    score = in_distribution_scores(pool.logits, pool.embeddings, score_kind).numpy()
+    return score, score
+
+
+def _chosen(
+    selection: str, open_idx: np.ndarray, eikd_choice: np.ndarray, score: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The method's subset of the open images; baselines get a subset of EIKD's size, for an honest comparison."""
+    size = len(eikd_choice)
+    if selection == "whole_pool":
+        return open_idx
+    if selection == "random_same_size":
+        return np.sort(rng.choice(open_idx, size=size, replace=False))
+    if selection == "global_top_confidence":
+        return open_idx[np.argsort(-score[open_idx], kind="stable")][:size]
+    return eikd_choice
+
+
+def _per_class(
+    classes: tuple[str, ...],
+    candidates: np.ndarray,
+    take: np.ndarray | None,
+    deficit: np.ndarray | None,
+    selected: np.ndarray,
+    predicted: np.ndarray,
+) -> list[dict[str, Any]]:
+    """selection.json's per-class counts; `take`/`deficit` None where the choice has no quotas."""
+    return [
         {
             "name": name,
             "candidates": int(candidates[c]),
-            "quota": int(take[c]) if quotas else None,
+            "quota": int(take[c]) if take is not None else None,
             "selected": int((selected & (predicted == c)).sum()),
-            "deficit": int(deficit[c]) if quotas else 0,
+            "deficit": int(deficit[c]) if deficit is not None else 0,
         }
         for c, name in enumerate(classes)
     ]
-    return Selection(
-        pool,
-        classes,
-        method,
-        config,
-        predicted,
-        confidence,
-        score,
-        selected,
-        split,
-        per_class,
-        odsd_signals(pool, odsd),
-    )
 
 
 def odsd_signals(pool: PoolScores, odsd: bool) -> list[str]:

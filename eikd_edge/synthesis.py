@@ -184,13 +184,7 @@ def synthesize(
     progress: Any | None = None,
 ) -> SynthesisResult:
     """Write `count` synthetic images and synthesis.json (written last: its presence means complete)."""
-    if count <= 0:
-        raise EikdError("--count must be at least 1")
-    if teacher.classifier_weight is None:
-        raise EikdError(
-            f"teacher {teacher.path.name} has no final Linear classifier to model its feature space; "
-            "synthesis needs one"
-        )
+    _check_synthesizable(teacher, count)
     if existing_synthesis(folder, teacher, config, count):
         done = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         fit, prior = float(done["teacher_fit"]), bool(done["bn_prior"])
@@ -205,30 +199,13 @@ def synthesize(
     teacher = teacher.to(device)
     entries: list[dict[str, Any]] = []
     batches = range(0, count, config.batch_size)
-    task = progress.add_task("Synthesising images", total=len(batches) * config.steps, rate="") if progress else None
-
-    def step_done(loss: float) -> None:
-        if progress is not None:
-            progress.update(task, advance=1, rate=f"loss {loss:.3f}")
-
+    step_done = _progress_callback(progress, len(batches) * config.steps)
     for start in batches:
         classes = wanted[start : start + config.batch_size]
         z = sample_normalised_logits(weight, classes, config.target_scale, config.noise, generator)
         targets = z.softmax(dim=1)  # the soft targets the teacher is asked to reproduce
         images, logits = optimise_batch(teacher, targets, config, generator, device, step_done)
-        probs = logits.softmax(dim=1).cpu()
-        pixels = _denormalise(images, teacher.spec.mean, teacher.spec.std)
-        for offset, array in enumerate(pixels):
-            index = start + offset
-            name = IMAGE_PATTERN.format(index)
-            write_atomic(folder / name, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG"))
-            entries.append({
-                "path": name,
-                "target_class": teacher.spec.classes[int(classes[offset])],
-                "target_probability": round(float(targets[offset, classes[offset]]), 4),
-                "teacher_class": teacher.spec.classes[int(probs[offset].argmax())],
-                "teacher_probability": round(float(probs[offset].max()), 4),
-            })  # fmt: skip
+        entries.extend(_write_batch(folder, teacher, start, classes, targets, images, logits))
     seconds = time.perf_counter() - started
     fit = float(np.mean([e["target_class"] == e["teacher_class"] for e in entries]))
     write_json_atomic(
@@ -244,3 +221,51 @@ def synthesize(
         },
     )
     return SynthesisResult(folder, count, False, seconds, fit, bn_prior)
+
+
+def _progress_callback(progress: Any | None, total: int) -> Callable[[float], None]:
+    """What each optimisation step calls: advances the progress bar (when there is one) with the step's loss."""
+    task = progress.add_task("Synthesising images", total=total, rate="") if progress else None
+
+    def step_done(loss: float) -> None:
+        if progress is not None:
+            progress.update(task, advance=1, rate=f"loss {loss:.3f}")
+
+    return step_done
+
+
+def _check_synthesizable(teacher: TeacherModel, count: int) -> None:
+    if count <= 0:
+        raise EikdError("--count must be at least 1")
+    if teacher.classifier_weight is None:
+        raise EikdError(
+            f"teacher {teacher.path.name} has no final Linear classifier to model its feature space; "
+            "synthesis needs one"
+        )
+
+
+def _write_batch(
+    folder: Path,
+    teacher: TeacherModel,
+    start: int,
+    classes: torch.Tensor,
+    targets: torch.Tensor,
+    images: torch.Tensor,
+    logits: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """One optimised batch written as PNG files (numbered from `start`), and synthesis.json's entries for it."""
+    entries: list[dict[str, Any]] = []
+    probs = logits.softmax(dim=1).cpu()
+    pixels = _denormalise(images, teacher.spec.mean, teacher.spec.std)
+    for offset, array in enumerate(pixels):
+        index = start + offset
+        name = IMAGE_PATTERN.format(index)
+        write_atomic(folder / name, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG"))
+        entries.append({
+            "path": name,
+            "target_class": teacher.spec.classes[int(classes[offset])],
+            "target_probability": round(float(targets[offset, classes[offset]]), 4),
+            "teacher_class": teacher.spec.classes[int(probs[offset].argmax())],
+            "teacher_probability": round(float(probs[offset].max()), 4),
+        })  # fmt: skip
+    return entries

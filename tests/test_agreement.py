@@ -15,7 +15,7 @@ from eikd_edge.agreement import agreement_slice, ci95, slice_size
 from eikd_edge.cli import app
 from eikd_edge.config import load_recipe
 from eikd_edge.distill import DistillInputs, run_selection
-from eikd_edge.distill.loop import pick_and_report_halves, pick_score
+from eikd_edge.distill.evaluate import pick_and_report_halves, pick_score
 
 runner = CliRunner()
 FAST = ["train.epochs=2", "train.batch_size=16", "student.width=0.5", "selection.batch_size=64", "train.device=cpu"]

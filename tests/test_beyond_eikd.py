@@ -27,8 +27,9 @@ from eikd_edge.models.bn_stats import (
 )
 from eikd_edge.models.teacher import load_teacher
 from eikd_edge.models.zoo import build_model
-from eikd_edge.scoring import merge_pools
-from eikd_edge.selection import gumbel_keys, odsd_closeness, percentile_ranks, select
+from eikd_edge.pool_scores import merge_pools
+from eikd_edge.selection import select
+from eikd_edge.selection_scores import gumbel_keys, odsd_closeness, percentile_ranks
 from eikd_edge.synthesis import (
     MANIFEST,
     balanced_classes,

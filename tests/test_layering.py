@@ -16,7 +16,7 @@ LAYERS = {
     "eikd_edge.__main__": CLI,
     "eikd_edge.cli": CLI,
     "eikd_edge.commands": CLI,
-    "eikd_edge.distill": STAGE,  # the package, its stage.py and loop.py (distill's training loop)
+    "eikd_edge.distill": STAGE,  # the package, its stage.py, loop.py (the training loop) and the loop's modules
     # the training step's pieces, the losses and the method registry sit below every stage (config.py reads the
     # registry, selection.py the methods' selection strategies)
     "eikd_edge.distill.step": CORE,

@@ -22,7 +22,7 @@ from eikd_edge.cli import app
 from eikd_edge.config import load_recipe
 from eikd_edge.data import load_labeled_folder
 from eikd_edge.distill import DistillInputs, distill
-from eikd_edge.distill.loop import predict_logits
+from eikd_edge.distill.evaluate import predict_logits
 from eikd_edge.distill.losses import (
     NoiseAdaptation,
     class_drop_kd,

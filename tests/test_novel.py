@@ -12,15 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from eikd_edge.clustering import choose_k, cosine_silhouette, kmeans, unit_rows
 from eikd_edge.novel import (
     NovelConfig,
-    choose_k,
-    cosine_silhouette,
     find_novel,
-    kmeans,
     novelty_scores,
     robust_z,
-    unit_rows,
 )
 from eikd_edge.scoring import PoolScores, score_pool
 

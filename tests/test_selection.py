@@ -12,7 +12,8 @@ import torch
 
 from eikd_edge.config import SelectionConfig
 from eikd_edge.scoring import PoolScores
-from eikd_edge.selection import balanced_quotas, drop_near_duplicates, in_distribution_scores, select
+from eikd_edge.selection import balanced_quotas, drop_near_duplicates, select
+from eikd_edge.selection_scores import in_distribution_scores
 
 CLASSES = ("a", "b", "c")
 

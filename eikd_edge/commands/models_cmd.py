@@ -13,26 +13,31 @@ from eikd_edge.ui import human
 DEFAULT_SIZE = {"builtin": "32", "timm": "224", "all": "32"}
 
 
+# The models command's options.
+MacInputSize = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size", metavar="HxW", help="H or HxW used for the MAC count.", show_default="32; 224 for timm"
+    ),
+]
+NumClasses = Annotated[int, typer.Option("--classes", help="Number of output classes.")]
+AllTorchvision = Annotated[bool, typer.Option("--all", help="Every torchvision classifier, not only the recommended.")]
+Source = Annotated[
+    str,
+    typer.Option(
+        "--source",
+        metavar="builtin|timm|all",
+        help="builtin: CIFAR ResNets and torchvision; timm: curated edge students (pip install "
+        "'eikd-edge[timm]'; any timm model works as timm:NAME).",
+    ),
+]
+
+
 def models(
-    input_size: Annotated[
-        str | None,
-        typer.Option(
-            "--input-size", metavar="HxW", help="H or HxW used for the MAC count.", show_default="32; 224 for timm"
-        ),
-    ] = None,
-    num_classes: Annotated[int, typer.Option("--classes", help="Number of output classes.")] = 10,
-    all_torchvision: Annotated[
-        bool, typer.Option("--all", help="Every torchvision classifier, not only the recommended.")
-    ] = False,
-    source: Annotated[
-        str,
-        typer.Option(
-            "--source",
-            metavar="builtin|timm|all",
-            help="builtin: CIFAR ResNets and torchvision; timm: curated edge students (pip install "
-            "'eikd-edge[timm]'; any timm model works as timm:NAME).",
-        ),
-    ] = "builtin",
+    input_size: MacInputSize = None,
+    num_classes: NumClasses = 10,
+    all_torchvision: AllTorchvision = False,
+    source: Source = "builtin",
 ) -> None:
     """List student architectures with parameters and MACs (torch's FLOP counter, batch 1) as exported."""
     from eikd_edge.errors import EikdError

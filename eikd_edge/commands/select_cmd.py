@@ -29,6 +29,15 @@ from eikd_edge.commands.options import (
 )
 from eikd_edge.errors import EikdError
 
+# The select command's own options (the shared ones are in options.py).
+Novel = Annotated[
+    bool, typer.Option("--novel", help="Cluster the field images the teacher cannot place (novel classes).")
+]
+NovelClusters = Annotated[
+    int | None, typer.Option("--novel-clusters", min=1, help="Number of novel clusters (default: by silhouette).")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")]
+
 
 def select_command(
     teacher: TeacherPath,
@@ -44,13 +53,9 @@ def select_command(
     classes: Classes = None,
     resize: Resize = None,
     sampler: Sampler = None,
-    novel: Annotated[
-        bool, typer.Option("--novel", help="Cluster the field images the teacher cannot place (novel classes).")
-    ] = False,
-    novel_clusters: Annotated[
-        int | None, typer.Option("--novel-clusters", min=1, help="Number of novel clusters (default: by silhouette).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
+    novel: Novel = False,
+    novel_clusters: NovelClusters = None,
+    overwrite: Overwrite = False,
     threads: TrainThreads = None,
     cache_dir: CacheDir = None,
 ) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eikd_edge.config import AugmentConfig, Recipe, TrainConfig
+from eikd_edge.config import AugmentConfig, Recipe, RelationConfig, TrainConfig
 from eikd_edge.data import normalize
 from eikd_edge.disk_images import ImageRows
 from eikd_edge.distill.losses import (
@@ -268,12 +268,7 @@ def distillation_loss(
     if method.feature and cfg.feature.enabled and cfg.feature.weight > 0:
         parts["feature"] = cfg.feature.weight * feature_loss(projected, teacher_embedding, reduction="none")
     if method.relation and cfg.relation.enabled and cfg.relation.weight > 0:
-        if cfg.relation.kind == "contrastive":
-            relation = contrastive_relation_loss(
-                projected, teacher_embedding, teacher_logits, cfg.relation.temperature, reduction="none"
-            )
-        else:
-            relation = relation_loss(student_embedding, teacher_embedding, cfg.relation.temperature, reduction="none")
+        relation = _relation_term(cfg.relation, student_embedding, projected, teacher_embedding, teacher_logits)
         parts["relation"] = cfg.relation.weight * relation
     noise = getattr(net, "noise", None)
     if method.noise_adaptation and noise is not None:
@@ -290,3 +285,12 @@ def distillation_loss(
     else:
         total = per_sample.mean()
     return LossTerms(total, logged)
+
+
+def _relation_term(
+    cfg: RelationConfig, s_embed: torch.Tensor, projected: torch.Tensor, t_embed: torch.Tensor, t_logits: torch.Tensor
+) -> torch.Tensor:
+    """The relation loss per sample, unweighted: ODSD's contrastive one or EIKD's relation-matrix KL."""
+    if cfg.kind == "contrastive":
+        return contrastive_relation_loss(projected, t_embed, t_logits, cfg.temperature, reduction="none")
+    return relation_loss(s_embed, t_embed, cfg.temperature, reduction="none")

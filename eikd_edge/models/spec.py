@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from eikd_edge.errors import EikdError
-from eikd_edge.safe_yaml import load_yaml_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,7 +15,6 @@ MIN_SIDE = 8  # smaller inputs vanish inside any student's strided stages
 MAX_SIDE = 8192  # one 8192x8192 float image is 800 MB already
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 1000
-MAX_SIDECAR_BYTES = 1 << 20
 # How an image is brought to the input size (docs in eikd_edge/preprocess.py): cover the resize box and cut out the
 # centre, resize both sides (distorting), or fit inside and pad.
 RESIZE_POLICIES = ("center_crop", "squash", "letterbox")
@@ -176,29 +170,6 @@ def _three_floats(value: Any, source: str) -> tuple[float, float, float]:
     if not all(math.isfinite(v) for v in floats):
         raise EikdError(f"{source}: expected three finite numbers (R,G,B), got {list(floats)}")
     return floats  # type: ignore[return-value]
-
-
-def sidecar_path(model_path: Path) -> Path | None:
-    """The `t.yaml`/`t.yml`/`t.json` that describes `t.pt`, if there is one."""
-    for suffix in (".yaml", ".yml", ".json"):
-        candidate = model_path.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    """The sidecar's mapping: at most 1 MB, JSON or YAML without aliases (no expansion bombs)."""
-    try:
-        if path.stat().st_size > MAX_SIDECAR_BYTES:
-            raise EikdError(f"sidecar {path} is larger than 1 MB; a sidecar holds an input size, mean, std, classes")
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else load_yaml_text(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise EikdError(f"cannot read sidecar {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise EikdError(f"sidecar {path} must be a mapping with input_size, mean, std, classes")
-    return data
 
 
 def default_crop_pct(input_size: tuple[int, int], resize: str = "center_crop") -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import pickle
 import warnings
 import zipfile
@@ -17,10 +16,12 @@ from torch import nn
 
 from eikd_edge.errors import EikdError
 from eikd_edge.models import timm_zoo
+from eikd_edge.models.load_errors import describe, error_line, foreign_hint, guard, one_line, quiet
 from eikd_edge.models.pt2_guard import check_pt2
-from eikd_edge.models.spec import InputSpec, read_sidecar, sidecar_path
+from eikd_edge.models.sidecar import read_sidecar, sidecar_path
+from eikd_edge.models.spec import InputSpec
 from eikd_edge.models.taps import find_classifier, widen_classifier
-from eikd_edge.models.zoo import build_model
+from eikd_edge.models.teacher_state import load_into_arch, module_from_state
 
 GEOMETRY_KEYS = ("resize", "crop_pct", "resize_size")  # how the image is cut to size: given together or not at all
 FORMATS = ("torchscript", "torch.export", "state_dict", "checkpoint", "pickle")
@@ -124,7 +125,7 @@ def load_teacher(
 def _eager_twin(module: nn.Module, arch: str, num_classes: int, spec: InputSpec, path: Path) -> nn.Module:
     """The same weights in the named zoo architecture, as a plain nn.Module: its BatchNorm layers can then be
     hooked (ODSD's closeness score, synthesis's prior). Trusted only if it reproduces the original's logits."""
-    twin = _load_into_arch(module.state_dict(), arch, num_classes, {}, path)
+    twin = load_into_arch(module.state_dict(), arch, num_classes, {}, path)
     probe = torch.randn(2, 3, *spec.input_size, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         same = torch.allclose(twin(probe), module(probe), rtol=1e-4, atol=1e-4)
@@ -146,7 +147,7 @@ def _resolve_spec(path: Path, overrides: dict[str, Any], arch: str | None = None
             data.update(read_sidecar(sidecar))
         except EikdError as exc:  # a YAML parser error spans several lines (with ^ markers): keep it to one
             raise EikdError(
-                _one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes"
+                one_line(str(exc)) + "; fix the sidecar or pass --input-size/--mean/--std/--classes"
             ) from None
     given = {k: v for k, v in overrides.items() if v is not None}
     if any(key in given for key in GEOMETRY_KEYS):
@@ -168,14 +169,14 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load: TorchScript is deprecated, still read
         if kind == "torchscript":
-            return _guard(
+            return guard(
                 lambda: torch.jit.load(str(path), map_location="cpu"), path, "TorchScript"
             ).eval(), "torchscript"
         if kind == "torch.export":
             data = path.read_bytes()  # checked and loaded from the same bytes: the file cannot change in between
             if not trust_pickle:
                 check_pt2(data, path.name)
-            program = _guard(lambda: _quiet(torch.export.load, io.BytesIO(data)), path, "torch.export")
+            program = guard(lambda: quiet(torch.export.load, io.BytesIO(data)), path, "torch.export")
             _require_dynamic_batch(program, path)
             return program.module(), "torch.export"
     try:
@@ -183,7 +184,7 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # the weights-only unpickler met bytes, not a forbidden class
             raise EikdError(
-                f"{path.name} is not a model eikd-edge can read (damaged or not a PyTorch file{_foreign_hint(path)}); "
+                f"{path.name} is not a model eikd-edge can read (damaged or not a PyTorch file{foreign_hint(path)}); "
                 f"expected {ACCEPTED}"
             ) from None
         if not trust_pickle:
@@ -194,12 +195,12 @@ def _load_module(path: Path, arch: str | None, trust_pickle: bool, num_classes: 
         obj = _load_trusted_pickle(path, exc)
     except Exception as exc:
         raise EikdError(
-            f"{path.name} is not a model eikd-edge can read ({type(exc).__name__}{_foreign_hint(path)}); "
+            f"{path.name} is not a model eikd-edge can read ({type(exc).__name__}{foreign_hint(path)}); "
             f"expected {ACCEPTED}"
         ) from None
     if isinstance(obj, nn.Module):
         return obj.eval(), "pickle"
-    return _module_from_state(obj, path, arch, num_classes)
+    return module_from_state(obj, path, arch, num_classes)
 
 
 def _require_dynamic_batch(program: Any, path: Path) -> None:
@@ -215,114 +216,11 @@ def _require_dynamic_batch(program: Any, path: Path) -> None:
             )
 
 
-_FOREIGN = {
-    ".onnx": "ONNX",
-    ".engine": "TensorRT",
-    ".plan": "TensorRT",
-    ".tflite": "TFLite",
-    ".pb": "TensorFlow",
-    ".h5": "Keras",
-    ".keras": "Keras",
-    ".safetensors": "safetensors",
-}
-
-
-def _foreign_hint(path: Path) -> str:
-    kind = _FOREIGN.get(path.suffix.lower())
-    return f"; it looks like {kind}, not PyTorch: give the PyTorch model it came from" if kind else ""
-
-
 def _load_trusted_pickle(path: Path, _original: Exception) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise EikdError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from None
-
-
-def _module_from_state(obj: Any, path: Path, arch: str | None, num_classes: int | None) -> tuple[nn.Module, str]:
-    if not isinstance(obj, dict):
-        raise EikdError(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
-    fmt = "state_dict"
-    state = obj
-    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        fmt, state = "checkpoint", obj["state_dict"]
-        arch = arch or obj.get("arch")
-    elif "model" in obj and isinstance(obj["model"], dict):
-        fmt, state = "checkpoint", obj["model"]
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EikdError(f"{path.name} is a dict but not a state_dict of tensors")
-    if arch is None:
-        raise EikdError(
-            f"{path.name} is a state_dict; name its architecture with --teacher-arch (see `eikd-edge models`)"
-        )
-    classes = num_classes or _infer_num_classes(state)
-    kwargs = obj.get("arch_kwargs", {}) if fmt == "checkpoint" else {}
-    try:
-        return _load_into_arch(state, arch, classes, kwargs, path), fmt
-    except EikdError:
-        _refuse_other_class_count(state, arch, classes, kwargs, path)
-        raise
-
-
-def _refuse_other_class_count(
-    state: dict[str, torch.Tensor], arch: str, named: int, kwargs: dict[str, Any], path: Path
-) -> None:
-    """A state_dict that loads with its own class count but not with the spec's: say so with both counts, the
-    same way as for other teacher formats, instead of a bare shape mismatch."""
-    try:
-        own = _infer_num_classes(state)
-        if own != named:
-            _load_into_arch(state, arch, own, kwargs, path)
-    except EikdError:
-        return
-    if own != named:
-        raise EikdError(
-            f"teacher {path.name} outputs {own} classes but its spec names {named}; "
-            "fix the class list in the sidecar (or --classes)"
-        )
-
-
-def _load_into_arch(
-    state: dict[str, torch.Tensor], arch: str, num_classes: int, kwargs: dict[str, Any], path: Path
-) -> nn.Module:
-    module = build_model(arch, num_classes, **kwargs)
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches raise even when not strict
-        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), "shape mismatch")
-        raise EikdError(f"{path.name} does not fit --teacher-arch {arch}: {detail[:160]}") from None
-    if missing or unexpected:
-        raise EikdError(
-            f"{path.name} does not fit --teacher-arch {arch}: {len(missing)} missing and {len(unexpected)} "
-            f"unexpected keys (e.g. {(missing or unexpected)[0]}); check the architecture name and class count"
-        )
-    return module.eval()
-
-
-def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
-    matrices = [t for k, t in state.items() if k.endswith("weight") and t.dim() == 2]
-    if not matrices:
-        raise EikdError("cannot tell the number of classes from the state_dict; give the classes in a sidecar")
-    return int(matrices[-1].shape[0])
-
-
-def _guard(load: Any, path: Path, what: str) -> Any:
-    try:
-        return load()
-    except Exception as exc:
-        raise EikdError(
-            f"{path.name} looks like {what} but failed to load: {type(exc).__name__}: {_error_line(exc)[:200]}"
-        ) from None
-
-
-def _quiet(load: Any, *args: Any) -> Any:
-    """torch.export.load logs its failures with full tracebacks to stderr; the error line says it instead."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        return load(*args)
-    finally:
-        logging.disable(previous)
 
 
 @torch.inference_mode()
@@ -331,38 +229,19 @@ def _dry_forward(module: nn.Module, spec: InputSpec, path: Path) -> int:
     try:
         out = module(torch.zeros(2, 3, h, w))
     except Exception as exc:
-        first_line = _error_line(exc)
+        first_line = error_line(exc)
         raise EikdError(
             f"teacher {path.name} failed a dry forward on 3x{h}x{w} inputs ({first_line[:160]}); "
             "set the right input size in the sidecar or with --input-size"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
-        raise EikdError(f"teacher {path.name} must return logits of shape [batch, classes]; got {_describe(out)}")
+        raise EikdError(f"teacher {path.name} must return logits of shape [batch, classes]; got {describe(out)}")
     if not torch.isfinite(out).all():
         raise EikdError(f"teacher {path.name} returns NaN or Inf on a blank image; check its weights")
     single = module(torch.zeros(1, 3, h, w))  # scoring batches vary in size: the class count must not
     if not isinstance(single, torch.Tensor) or tuple(single.shape) != (1, out.shape[1]):
         raise EikdError(
-            f"teacher {path.name} returns {_describe(out)} for 2 images but {_describe(single)} for 1: its output "
+            f"teacher {path.name} returns {describe(out)} for 2 images but {describe(single)} for 1: its output "
             "width depends on the batch size; it must return logits of shape (batch, classes)"
         )
     return int(out.shape[1])
-
-
-def _error_line(exc: Exception) -> str:
-    """The line of an exception that says what went wrong (TorchScript puts it last, after its own traceback)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
-        return lines[-1]
-    return lines[0]
-
-
-def _one_line(text: str) -> str:
-    parts = [line.strip() for line in text.splitlines() if line.strip() and set(line.strip()) != {"^"}]
-    return " ".join(parts)
-
-
-def _describe(out: Any) -> str:
-    return str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__
