@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from eikd_edge.checkpoint import StudentCheckpoint
-from eikd_edge.data import load_labeled_folder, normalize
+from eikd_edge.data import load_labeled_folder
 from eikd_edge.errors import EikdError
 from eikd_edge.export.agreement import wilson_interval
 from eikd_edge.export.fieldset import FieldImages
@@ -141,20 +141,9 @@ def reference_outputs(
     if val_dir is not None:
         val_images, labels, _ = load_labeled_folder(val_dir, ckpt.spec)
         val = (val_images, labels.numpy())
-    teacher_logits = _teacher_logits(teacher, images.images) if teacher is not None else None
+    teacher_logits = teacher.logits_of_images(images.images).numpy() if teacher is not None else None
     teacher_top1 = None
     if teacher is not None and val is not None:
-        teacher_top1 = float((_teacher_logits(teacher, val[0]).argmax(1) == val[1]).mean())
+        teacher_top1 = float((teacher.logits_of_images(val[0]).numpy().argmax(1) == val[1]).mean())
     student = TorchPredictor(ckpt.model, ckpt.spec).predict_logits(images.images)
     return Reference(images, student, teacher_logits, val, teacher_top1, notes)
-
-
-def _teacher_logits(teacher: Any, images: torch.Tensor) -> np.ndarray:
-    """Teacher logits on uint8 images (resized if the teacher wants another input size)."""
-    x = images
-    if tuple(images.shape[-2:]) != tuple(teacher.spec.input_size):
-        x = torch.nn.functional.interpolate(
-            images.float(), size=teacher.spec.input_size, mode="bilinear", antialias=True
-        )
-    parts = [teacher.predict(normalize(x[i : i + 256], teacher.spec))[0] for i in range(0, len(x), 256)]
-    return torch.cat(parts).float().numpy()

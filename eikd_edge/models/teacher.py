@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eikd_edge.data import normalize
 from eikd_edge.errors import EikdError
 from eikd_edge.models import timm_zoo
 from eikd_edge.models.load_errors import describe, error_line, foreign_hint, guard, one_line, quiet
@@ -54,6 +55,17 @@ class TeacherModel:
         logits = out[:, : self.num_classes]
         embedding = out[:, self.num_classes :] if self.embedding_dim else logits
         return logits, embedding
+
+    @torch.inference_mode()
+    def logits_of_images(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """Logits of decoded uint8 images, resized first when they are not the teacher's input size (export and
+        validate grade a student whose input size may differ), in batches."""
+        x = images
+        if tuple(images.shape[-2:]) != tuple(self.spec.input_size):
+            x = torch.nn.functional.interpolate(
+                images.float(), size=self.spec.input_size, mode="bilinear", antialias=True
+            )
+        return torch.cat([self.predict(normalize(x[i : i + batch], self.spec))[0] for i in range(0, len(x), batch)])
 
     def num_parameters(self) -> int:
         """Parameters of the teacher as shipped (the identity rows of the embedding tap excluded)."""
