@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from eikd_edge.errors import EikdError
 from eikd_edge.formats import FORMATS, Format
+from eikd_edge.trt_engine import unavailable_reason
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,12 +63,6 @@ def _onnxruntime_missing() -> str | None:
     return None if importlib.util.find_spec("onnxruntime") is not None else "ONNX Runtime is not installed here"
 
 
-def _tensorrt_missing() -> str | None:
-    from eikd_edge.trt_engine import unavailable_reason
-
-    return unavailable_reason()
-
-
 def _load_torch(path: Path, spec: InputSpec, *, name: str, threads: int, device: str) -> Predictor:
     from eikd_edge.runtime import TorchPredictor
 
@@ -91,7 +86,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("torch", _always_here, _load_torch),
         Backend("onnxruntime", _onnxruntime_missing, _load_onnxruntime),
-        Backend("tensorrt", _tensorrt_missing, _load_tensorrt, optional=True, device_bound=True),
+        Backend("tensorrt", unavailable_reason, _load_tensorrt, optional=True, device_bound=True),
     )
 }
 
